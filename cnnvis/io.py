@@ -1,0 +1,144 @@
+"""Files: atomic writes, JSON, checkpoints that carry their own config.
+
+Every writer goes through ``atomic_path``: the content is written to a hidden
+temporary name in the target's directory and renamed over the target only when
+complete, so an interrupted or failed stage never leaves a partial output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnvis import CheckpointError
+from cnnvis.config import ModelConfig, parse, to_dict
+
+CHECKPOINT_FORMAT = "cnnvis-checkpoint/1"
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary path; on success rename it to ``target`` (file or dir)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if directory and target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.tolist())
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        return _jsonable(obj.item())
+    if hasattr(obj, "tolist"):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def save_json(path: str | os.PathLike, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; run the stage that writes it (dvc repro)") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); delete it and rerun its stage") from None
+
+
+def save_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_figure(path: str | os.PathLike, fig: Any, **kwargs: Any) -> None:
+    """Save a matplotlib Figure atomically (format from the suffix) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **kwargs)
+    plt.close(fig)
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_cfg: ModelConfig, spec: dict, **extra: Any) -> None:
+    """Write a checkpoint that rebuilds ``model`` alone.
+
+    ``spec`` holds what the architecture needs beyond ``model_cfg``
+    (``in_channels``, ``num_classes``, ``image_size``) plus the dataset's
+    normalization (``mean``, ``std``) and ``classes``.
+    """
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "model": to_dict(model_cfg),
+        "spec": dict(spec),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The raw checkpoint dict, validated; ``CheckpointError`` with one clear line otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint missing; run `dvc repro` to train it")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle garbage, ...
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}); delete it and rerun its stage") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a cnnvis checkpoint (expected format {CHECKPOINT_FORMAT})")
+    return state
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """Rebuild the model from the file alone; returns (model in eval mode, checkpoint dict)."""
+    from cnnvis.models import build_model
+
+    state = read_checkpoint(path)
+    cfg = parse(ModelConfig, {**state["model"], "pretrained": False}, "checkpoint.model")
+    spec = state["spec"]
+    model = build_model(cfg, in_channels=spec["in_channels"], num_classes=spec["num_classes"], image_size=spec["image_size"])
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit its own config ({str(e).splitlines()[0]})") from None
+    model.eval()
+    return model, state

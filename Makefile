@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: repro test install data lint clean-venv
+.PHONY: repro test install data browser lint clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,19 @@ data:
 	  || echo "make: could not install dataset-fashion-mnist; see README 'Data' for other sources" >&2; \
 	else echo "make: Fashion-MNIST not at $(FMNIST); run 'sudo apt-get install dataset-fashion-mnist' or set dataset.fashion_mnist.source_dir (README 'Data')" >&2; fi
 
-repro: install data
-	$(BIN)/dvc repro
+# Headless Chromium for the report's browser test (Debian package; no browser download).
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	  || echo "make: could not install chromium; the browser test will fail in CI" >&2; \
+	else echo "make: chromium missing; install Debian's chromium for the browser test" >&2; fi
 
-test: install data
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+repro: install data
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+test: install data browser
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 --dist loadgroup
 
 lint: install
 	$(BIN)/ruff check cnnvis stages tests benchmarks

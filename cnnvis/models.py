@@ -102,7 +102,7 @@ class ResNet18(nn.Module):
         self.bn1 = nn.BatchNorm2d(w[0])
         self.relu = nn.ReLU()
         planes = w[0]
-        for i, (width, stride) in enumerate(zip(w, (1, 2, 2, 2)), start=1):
+        for i, (width, stride) in enumerate(zip(w, (1, 2, 2, 2), strict=True), start=1):
             self.add_module(f"layer{i}", nn.Sequential(BasicBlock(planes, width, stride), BasicBlock(width, width, 1)))
             planes = width
         self.out_channels = planes

@@ -1,0 +1,1 @@
+"""Performance measurements against peer libraries (ratios in one run). Never run as tests."""

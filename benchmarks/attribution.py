@@ -1,0 +1,152 @@
+"""Attribution speed, as ratios measured in one run (issue 3).
+
+    python -m benchmarks.attribution [--model data/models/fashion_mnist/baseline.pt] [--images 256] [--threads 1]
+
+1. Guided Grad-CAM on N test images (target = label): ours vs Captum's
+   GuidedGradCam (bilinear, the same maps) and vs pytorch-grad-cam's route
+   (GradCAM batched, then its GuidedBackpropReLUModel one image at a time).
+2. Deconvnet projection of every kernel of a layer for the probe images: ours
+   (one batched backward pass) vs a loop of one backward per kernel (one shared
+   forward, ``retain_graph``) and vs Captum's NeuronDeconvolution per kernel.
+
+Times are the best of ``--repeats`` runs (wall clock). Without a checkpoint a
+randomly initialized p1_cnn (32/64) on random 28×28 images is timed (speed does
+not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnvis.attribution import GuidedGradCAM, project_feature_maps
+from cnnvis.hooks import model_state_guard, relu_rule
+from cnnvis.models import conv_layers
+
+warnings.filterwarnings("ignore")
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def load(model_path: Path | None, data_dir: Path, n: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, str]:
+    from cnnvis import data as D
+    from cnnvis.config import ModelConfig
+    from cnnvis.io import load_checkpoint
+    from cnnvis.models import build_model
+
+    if model_path is not None and model_path.exists():
+        model, state = load_checkpoint(model_path)
+        spec = state["spec"]
+        raw = D.load_npz(data_dir)
+        x = D.normalize(D.to_tensor(raw.test.images[:n]), spec["mean"], spec["std"])
+        return model.eval(), x, torch.as_tensor(raw.test.labels[:n]), f"{model_path} on {data_dir} test images"
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(widths=(32, 64), kernel_sizes=(5, 5)), in_channels=1, num_classes=10, image_size=28)
+    return model.eval(), torch.randn(n, 1, 28, 28), torch.randint(0, 10, (n,)), "random p1_cnn 32/64, random images"
+
+
+def guided_gradcam(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> dict[str, float]:
+    from captum.attr import GuidedGradCam
+    from pytorch_grad_cam import GradCAM as PGradCAM
+    from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    name, layer = conv_layers(model)[-1]
+    ours = GuidedGradCAM(model, layer)
+    captum = GuidedGradCam(model, layer)
+    ref = copy.deepcopy(model)  # pytorch-grad-cam swaps the ReLU modules and calls eval(): its own copy
+    ref_layer = dict(ref.named_modules())[name]
+
+    def pgc() -> np.ndarray:
+        with PGradCAM(model=ref, target_layers=[ref_layer]) as cam:
+            maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in y])
+        gb = GuidedBackpropReLUModel(ref, device="cpu")
+        return np.stack([gb(x[i : i + 1].clone(), int(y[i])) for i in range(len(x))]) * maps[..., None]
+
+    a = ours.attribute(x, y)
+    b = captum.attribute(x, y, interpolate_mode="bilinear")
+    assert torch.allclose(a, b, atol=1e-5), "ours and Captum's Guided Grad-CAM differ"
+    return {"ours": best_of(lambda: ours.attribute(x, y), repeats),
+            "captum": best_of(lambda: captum.attribute(x, y, interpolate_mode="bilinear"), repeats),
+            "pytorch_grad_cam": best_of(pgc, max(1, repeats // 2))}
+
+
+def projection(model: torch.nn.Module, x: torch.Tensor, layer_name: str, repeats: int) -> dict[str, float]:
+    from captum.attr import NeuronDeconvolution
+
+    layer = dict(model.named_modules())[layer_name]
+    k = layer.out_channels
+
+    def loop() -> torch.Tensor:  # one forward, then one backward per kernel
+        with model_state_guard(model, eval_mode=True, frozen=True), relu_rule(model, "deconvnet"):
+            xi = x.clone().requires_grad_(True)
+            acts = {}
+            h = layer.register_forward_hook(lambda _m, _i, o: acts.update(a=o))
+            try:
+                model(xi)
+            finally:
+                h.remove()
+            a = acts["a"]
+            out = []
+            for c in range(k):
+                sig = torch.zeros_like(a)
+                sig[:, c] = a[:, c].detach()
+                out.append(torch.autograd.grad(a, xi, sig, retain_graph=c < k - 1)[0])
+        return torch.stack(out, 1)
+
+    nd = NeuronDeconvolution(model, layer)
+
+    def captum_loop() -> torch.Tensor:
+        return torch.stack([nd.attribute(x, lambda o, c=c: 0.5 * o[:, c].pow(2).flatten(1).sum(1)) for c in range(k)], 1)
+
+    ours = project_feature_maps(model, layer, x)
+    assert torch.allclose(ours, loop(), atol=1e-5) and torch.allclose(ours, captum_loop(), atol=1e-5)
+    return {"ours": best_of(lambda: project_feature_maps(model, layer, x), repeats),
+            "loop": best_of(loop, repeats), "captum_loop": best_of(captum_loop, max(1, repeats // 2))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=Path("data/models/fashion_mnist/baseline.pt"))
+    p.add_argument("--data", type=Path, default=Path("data/raw/fashion_mnist"))
+    p.add_argument("--images", type=int, default=256)
+    p.add_argument("--probe", type=int, default=10, help="images for the deconvnet projection")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, x, y, what = load(args.model, args.data, args.images)
+    print(f"model: {what}; torch {torch.__version__}, {torch.get_num_threads()} thread(s), best of {args.repeats}")
+
+    t = guided_gradcam(model, x, y, args.repeats)
+    print(f"\nGuided Grad-CAM, {len(x)} images (bilinear, maps equal to Captum's within 1e-5):")
+    print(f"  ours {t['ours']:.3f} s | Captum GuidedGradCam {t['captum']:.3f} s | "
+          f"pytorch-grad-cam per-image guided backprop {t['pytorch_grad_cam']:.3f} s")
+    print(f"  speed-up vs Captum: {t['captum'] / t['ours']:.2f}x   (issue target >= 1.0x)")
+    print(f"  speed-up vs pytorch-grad-cam: {t['pytorch_grad_cam'] / t['ours']:.1f}x   (issue target >= 5x)")
+
+    for name, layer in conv_layers(model)[:2]:
+        t = projection(model, x[: args.probe], name, args.repeats)
+        print(f"\nDeconvnet projection of all {layer.out_channels} kernels of {name}, {args.probe} images:")
+        print(f"  ours (one batched backward) {t['ours']:.3f} s | loop of one backward per kernel {t['loop']:.3f} s | "
+              f"Captum NeuronDeconvolution per kernel {t['captum_loop']:.3f} s")
+        print(f"  speed-up vs backward loop: {t['loop'] / t['ours']:.1f}x   (issue target >= 10x); "
+              f"vs Captum loop: {t['captum_loop'] / t['ours']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

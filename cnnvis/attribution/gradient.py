@@ -1,0 +1,32 @@
+"""Gradient of the target class score w.r.t. the input, with an optional ReLU backward rule.
+
+The base of saliency (rule None), guided backprop ("guided") and deconvnet
+("deconvnet"): the three differ only in how gradients pass ReLUs (ANCHOR-NOTES).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnvis.attribution._common import Target, as_input, as_targets, target_score
+from cnnvis.hooks import model_state_guard, relu_rule
+
+
+class InputGradient:
+    """∂y^c/∂x for each image (float [N, C, H, W]), back-propagated through ReLUs with ``rule``."""
+
+    rule: str | None = None
+
+    def __init__(self, model: nn.Module, layer: nn.Module | None = None):
+        if layer is not None:
+            raise ValueError(f"{type(self).__name__} attributes to the input; it takes no layer")
+        self.model = model
+
+    def attribute(self, images: torch.Tensor, target: Target = None) -> torch.Tensor:
+        with model_state_guard(self.model, eval_mode=True, frozen=True), relu_rule(self.model, self.rule), \
+                torch.enable_grad():
+            x = as_input(images)
+            logits = self.model(x)
+            (grad,) = torch.autograd.grad(target_score(logits, as_targets(target, logits)), x)
+        return grad

@@ -1,0 +1,170 @@
+"""Figures of paper 1 §II–III (deconvnet projections, Grad-CAM, Guided Grad-CAM) and the sanity checks.
+
+Every function takes numpy-able tensors already on the CPU and returns a Figure.
+Images are given for display in [0, 1] (``cnnvis.data.denormalize``), [N, C, H, W].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+CAM_CMAP = "jet"
+
+
+def _hwc(img: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[C, H, W] → [H, W] (one channel) or [H, W, 3] for imshow."""
+    a = np.asarray(img, dtype=np.float32)
+    return a[0] if a.shape[0] == 1 else np.transpose(a, (1, 2, 0))
+
+
+def stretch(a: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1] over the whole array (a flat array → all 0.5)."""
+    a = np.asarray(a, dtype=np.float32)
+    lo, hi = float(a.min()), float(a.max())
+    return np.full_like(a, 0.5) if hi - lo < 1e-12 else (a - lo) / (hi - lo)
+
+
+def _show_image(ax: plt.Axes, img: torch.Tensor | np.ndarray) -> None:
+    a = _hwc(img)
+    ax.imshow(a, cmap="gray" if a.ndim == 2 else None, vmin=0, vmax=1)
+
+
+def _off(ax: plt.Axes) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _stretch_colorbar(fig: Figure, axes: Sequence[plt.Axes], label: str, cmap: str = "gray") -> None:
+    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=cmap), ax=list(axes), fraction=0.02, pad=0.01, label=label)
+
+
+def projection_grid(image: torch.Tensor, recon: torch.Tensor, *, title: str, channels: Sequence[int] | None = None,
+                    ncols: int = 8) -> Figure:
+    """One image and the deconvnet projection of each of a layer's K feature maps ([K, C, H, W]), each stretched."""
+    k = recon.shape[0]
+    channels = list(range(k)) if channels is None else list(channels)
+    rows = math.ceil(k / ncols) + 1
+    fig, axes = plt.subplots(rows, ncols, figsize=(1.3 * ncols + 1, 1.3 * rows + 0.8), squeeze=False)
+    for ax in axes.flat:
+        _off(ax)
+        ax.set_frame_on(False)
+    _show_image(axes[0, 0], image)
+    axes[0, 0].set_title("input", fontsize=8)
+    for i in range(k):
+        ax = axes[1 + i // ncols, i % ncols]
+        a = _hwc(recon[i])
+        ax.imshow(stretch(a), cmap="gray" if a.ndim == 2 else None, vmin=0, vmax=1)
+        ax.set_title(f"map {channels[i] + 1}", fontsize=7)
+    _stretch_colorbar(fig, axes.flat, "projection, min-max per map")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def map_across_images(images: torch.Tensor, recon: torch.Tensor, labels: Sequence[str], *, title: str,
+                      ncols: int = 8) -> Figure:
+    """One feature map projected for many images: row pairs of input / projection ([N, C, H, W] each)."""
+    n = images.shape[0]
+    ncols = min(ncols, n)
+    pairs = math.ceil(n / ncols)
+    fig, axes = plt.subplots(2 * pairs, ncols, figsize=(1.4 * ncols + 1, 2.9 * pairs + 0.8), squeeze=False)
+    for ax in axes.flat:
+        _off(ax)
+        ax.set_frame_on(False)
+    for i in range(n):
+        r, c = 2 * (i // ncols), i % ncols
+        _show_image(axes[r, c], images[i])
+        axes[r, c].set_title(labels[i], fontsize=7)
+        a = _hwc(recon[i])
+        axes[r + 1, c].imshow(stretch(a), cmap="gray" if a.ndim == 2 else None, vmin=0, vmax=1)
+    axes[0, 0].set_ylabel("input", fontsize=8)
+    axes[1, 0].set_ylabel("projection", fontsize=8)
+    _stretch_colorbar(fig, axes.flat, "projection, min-max per image")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _overlay(ax: plt.Axes, image: torch.Tensor, cam: np.ndarray) -> None:
+    a = _hwc(image)
+    ax.imshow(a.mean(-1) if a.ndim == 3 else a, cmap="gray", vmin=0, vmax=1)
+    ax.imshow(cam, cmap=CAM_CMAP, vmin=0, vmax=1, alpha=0.5)
+
+
+def method_columns(images: torch.Tensor, columns: Mapping[str, torch.Tensor], row_labels: Sequence[str], *,
+                   title: str, overlay: Sequence[str] = ()) -> Figure:
+    """Rows = images, columns = the input then one map per method ([N, C', H, W] each).
+
+    Maps are shown per image min-max stretched (signed maps: |map| summed over channels);
+    columns named in ``overlay`` are drawn as a heat map over the grayscale input.
+    """
+    n, m = images.shape[0], len(columns)
+    fig, axes = plt.subplots(n, m + 1, figsize=(1.7 * (m + 1) + 1.2, 1.7 * n + 0.9), squeeze=False)
+    for ax in axes.flat:
+        _off(ax)
+    for i in range(n):
+        _show_image(axes[i, 0], images[i])
+        axes[i, 0].set_ylabel(row_labels[i], fontsize=7)
+        for j, (name, maps) in enumerate(columns.items(), start=1):
+            mp = maps[i]
+            mp = mp[0] if mp.shape[0] == 1 else mp.abs().sum(0)
+            mp = stretch(mp)
+            if name in overlay:
+                _overlay(axes[i, j], images[i], mp)
+            else:
+                axes[i, j].imshow(mp, cmap="gray", vmin=0, vmax=1)
+    axes[0, 0].set_title("input", fontsize=8)
+    for j, name in enumerate(columns, start=1):
+        axes[0, j].set_title(name, fontsize=8)
+    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=CAM_CMAP), ax=axes.ravel().tolist(), fraction=0.02, pad=0.01,
+                 label="heat-map columns: min-max per image")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def randomization_curves(results: Mapping[str, Sequence[Mapping[str, float]]], *, title: str) -> Figure:
+    """Spearman rank correlation with the trained model's maps vs how far down the weights are re-initialized."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    layers = None
+    for name, steps in results.items():
+        layers = [s["layer"] for s in steps]
+        mean = np.array([s["spearman_mean"] for s in steps])
+        std = np.array([s["spearman_std"] for s in steps])
+        x = np.arange(len(steps))
+        ax.plot(x, mean, marker="o", label=name)
+        ax.fill_between(x, mean - std, mean + std, alpha=0.15)
+    ax.set_xticks(range(len(layers or [])))
+    ax.set_xticklabels(layers or [], rotation=45, ha="right", fontsize=7)
+    ax.set_xlabel("weights re-initialized from the output down to this layer (cumulative)")
+    ax.set_ylabel("Spearman rank correlation with trained model's |map|")
+    ax.axhline(0, color="gray", lw=0.5)
+    ax.set_ylim(-0.2, 1.05)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def faithfulness_curves(curves: Mapping[str, Mapping[str, np.ndarray]], *, title: str) -> Figure:
+    """Mean target probability vs fraction of pixels deleted / inserted, per method (shaded: ± 1 std)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, kind in zip(axes, ("deletion", "insertion"), strict=True):
+        for name, c in curves.items():
+            arr = np.asarray(c[kind])
+            x = np.linspace(0, 1, arr.shape[1])
+            ax.plot(x, arr.mean(0), label=name)
+            ax.fill_between(x, arr.mean(0) - arr.std(0), arr.mean(0) + arr.std(0), alpha=0.1)
+        ax.set_xlabel(f"fraction of pixels {'deleted' if kind == 'deletion' else 'inserted'}, most important first")
+        ax.set_ylabel("probability of the true class")
+        ax.set_title(f"{kind} ({'lower' if kind == 'deletion' else 'higher'} area = more faithful)", fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

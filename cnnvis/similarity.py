@@ -1,0 +1,385 @@
+"""Perceptual hashes of reconstructed feature maps, Hamming similarity, redundancy (paper 1 §IV).
+
+Pipeline for one conv layer (reconstructions ``[N_probe, K, C, H, W]``):
+
+1. grayscale with PIL's "L" weights, each map scaled to 0–255 by its own
+   min/max and (by default) rounded to integers, as ``Image.convert("L")`` does;
+2. a map whose value range is (near) zero is *dead* (a kernel that did not
+   fire for that image: its deconvnet reconstruction is all zeros) and gets no
+   fingerprint — dead maps are reported, never counted as duplicates;
+3. resize to 32×32 with PIL's Lanczos filter and the 2-D DCT-II (scipy's
+   unnormalized convention, as imagehash), fused into one linear map per
+   side, keep the 8×8 low-frequency block, threshold it into 64 bits;
+4. similarity = 1 − Hamming/64 between every pair of kernels, per probe image,
+   averaged over the images where both maps are alive (with the std).
+
+Thresholds (``PhashMethod``):
+- ``mean`` — the paper ("the average value is calculated"), read as the
+  hackerfactor pHash it follows: the 8×8 block (DC included, so 64 bits)
+  compared with the mean of its 63 AC coefficients (the DC term is left out of
+  the mean because it dwarfs the others and would push every bit to 0);
+- ``median`` — ``imagehash.phash``: the 8×8 block compared with its median;
+- ``simple`` — ``imagehash.phash_simple``: a 1-D DCT along rows only, columns
+  1–8 (DC column dropped), compared with their mean.
+
+``median`` and ``simple`` equal imagehash bit for bit on identical 32×32
+grayscale pixels (tests/test_similarity.py). From raw float maps the one
+difference is that PIL rounds the resized image to uint8 before its DCT while
+the fused route does not; ``agreement_with_imagehash`` measures the effect.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fftpack
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
+
+from cnnvis import DataError
+from cnnvis.config import opt
+
+log = logging.getLogger(__name__)
+
+METHODS = ("mean", "median", "simple")
+# PIL's ITU-R 601-2 luma transform for convert("L"): L = R*299/1000 + G*587/1000 + B*114/1000.
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+@dataclass(frozen=True)
+class SimilarityConfig:
+    """Section ``similarity`` of params.yaml."""
+
+    method: str = opt("mean", choices=METHODS)  # mean = the paper; median = imagehash.phash; simple = phash_simple
+    hash_size: int = opt(8, ge=2)  # fingerprint = hash_size² bits (64)
+    highfreq_factor: int = opt(4, ge=1)  # maps are resized to hash_size·highfreq_factor (32 px)
+    quantize: bool = opt(True)  # round the 0–255 map to integers as PIL's "L" conversion does
+    dead_rel_tol: float = opt(1e-3, ge=0.0, lt=1.0)  # map dead if its range ≤ tol × the largest range in its image
+    dead_kernel_fraction: float = opt(0.9, gt=0.0, le=1.0)  # kernel dead if dead in ≥ this share of probe images
+    threshold: float = opt(0.9, gt=0.0, le=1.0)  # near-duplicate: mean similarity ≥ this (Hamming ≤ 6 of 64)
+    max_probe_images: int | None = opt(None, ge=1)  # use only the first n probe images
+    agreement_maps: int = opt(256, ge=0)  # maps re-hashed through imagehash to report agreement (0 = skip)
+
+    @property
+    def bits(self) -> int:
+        return self.hash_size * self.hash_size
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def to_gray(maps: np.ndarray) -> np.ndarray:
+    """[..., C, H, W] → [..., H, W] float64 with PIL's "L" weights (C = 1 or 3)."""
+    maps = np.asarray(maps, dtype=np.float64)
+    c = maps.shape[-3]
+    if c == 1:
+        return maps[..., 0, :, :]
+    if c == 3:
+        return np.einsum("...chw,c->...hw", maps, LUMA)
+    raise DataError(f"reconstructions have {c} channels; expected 1 (grayscale) or 3 (RGB)")
+
+
+def scale_to_255(gray: np.ndarray, *, dead_rel_tol: float, quantize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Min-max scale each map [..., H, W] to 0–255; also return the dead mask [...].
+
+    A map is dead when its value range is ≤ ``dead_rel_tol`` × the largest range
+    among the maps sharing its leading index (the same probe image) — or exactly
+    zero. Dead maps are returned as zeros.
+    """
+    lo = gray.min(axis=(-2, -1))
+    hi = gray.max(axis=(-2, -1))
+    rng = hi - lo
+    ref = rng.max(axis=-1, keepdims=True) if rng.ndim >= 1 else rng
+    dead = (rng <= dead_rel_tol * ref) | (rng == 0)
+    safe = np.where(dead, 1.0, rng)
+    out = (gray - lo[..., None, None]) * (255.0 / safe)[..., None, None]
+    if quantize:
+        out = np.rint(out)  # PIL's convert("L") rounds to the nearest integer
+    out[dead] = 0.0
+    return out, dead
+
+
+@functools.lru_cache(maxsize=32)
+def lanczos_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """R [n_out, n_in] with R @ x = PIL's Lanczos resize of a 1-D signal x (float mode "F").
+
+    Built from PIL itself (the resize of each unit impulse), so it is PIL's filter
+    by construction; PIL resizes separably, so a 2-D resize is R_h @ X @ R_w.T.
+    """
+    from PIL import Image
+
+    if n_in == n_out:
+        return np.eye(n_in)  # PIL returns a copy for an unchanged size
+    cols = []
+    for j in range(n_in):
+        row = np.zeros((1, n_in), dtype=np.float32)
+        row[0, j] = 1.0
+        out = Image.fromarray(row, mode="F").resize((n_out, 1), Image.Resampling.LANCZOS)
+        cols.append(np.asarray(out, dtype=np.float64)[0])
+    return np.stack(cols, axis=1)
+
+
+@functools.lru_cache(maxsize=32)
+def dct_matrix(n: int) -> np.ndarray:
+    """D [n, n] with D @ x = scipy.fftpack.dct(x) (type II, unnormalized, as imagehash)."""
+    return scipy.fftpack.dct(np.eye(n), axis=0)
+
+
+def _low_block(pixels: np.ndarray, method: str, hash_size: int, side: int, chunk: int = 4096) -> np.ndarray:
+    """The thresholded low-frequency DCT block of maps [M, H, W] (0–255) → [M, hash_size²] bool."""
+    m, h, w = pixels.shape
+    d = dct_matrix(side)
+    rh, rw = lanczos_matrix(h, side), lanczos_matrix(w, side)
+    if method == "simple":
+        left = rh[:hash_size]  # rows 0..7 of the resized image, no DCT along axis 0
+        right = d[1 : hash_size + 1] @ rw  # DCT along axis 1, DC column dropped
+    else:
+        left = d[:hash_size] @ rh  # resize then DCT, fused: [hash_size, H]
+        right = d[:hash_size] @ rw
+    out = np.empty((m, hash_size * hash_size), dtype=bool)
+    for s in range(0, m, chunk):
+        x = pixels[s : s + chunk]
+        n = len(x)
+        # B = L X Rᵀ as two large GEMMs: (X Rᵀ) then L(·), [n, hash_size, hash_size]
+        y = (x.reshape(n * h, w) @ right.T).reshape(n, h, hash_size)
+        block = (y.transpose(0, 2, 1).reshape(n * hash_size, h) @ left.T).reshape(n, hash_size, hash_size)
+        block = block.transpose(0, 2, 1).reshape(n, -1)
+        if method == "median":
+            thr = np.median(block, axis=1, keepdims=True)
+        elif method == "simple":
+            thr = block.mean(axis=1, keepdims=True)
+        else:  # mean of the AC coefficients (hackerfactor); the DC bit is kept in the hash
+            thr = block[:, 1:].mean(axis=1, keepdims=True)
+        out[s : s + n] = block > thr
+    return out
+
+
+def phash_bits(pixels: np.ndarray, method: str = "mean", *, hash_size: int = 8, highfreq_factor: int = 4) -> np.ndarray:
+    """Fingerprint bits of grayscale maps [..., H, W] with values in 0–255 → bool [..., hash_size²].
+
+    Bit order is imagehash's (``ImageHash.hash.flatten()``, row-major).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method = {method!r}; allowed: {', '.join(METHODS)}")
+    pixels = np.asarray(pixels, dtype=np.float64)
+    lead, (h, w) = pixels.shape[:-2], pixels.shape[-2:]
+    bits = _low_block(pixels.reshape(-1, h, w), method, hash_size, hash_size * highfreq_factor)
+    return bits.reshape(*lead, hash_size * hash_size)
+
+
+def pack_bits(bits: np.ndarray) -> np.ndarray:
+    """bool [..., 64] → uint64 [...]; bit 0 is the most significant (int(str(imagehash), 16))."""
+    if bits.shape[-1] != 64:
+        raise ValueError(f"pack_bits needs 64-bit fingerprints, got {bits.shape[-1]} bits")
+    packed = np.packbits(bits, axis=-1)  # [..., 8] uint8, big-endian bit order
+    return np.ascontiguousarray(packed).view(">u8")[..., 0].astype(np.uint64)
+
+
+# --------------------------------------------------------------------------- Hamming
+
+_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def popcount(x: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 → uint8 (numpy's bitwise_count, else a byte lookup table)."""
+    x = np.asarray(x, dtype=np.uint64)
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x)
+    return _POPCOUNT8[x.view(np.uint8).reshape(*x.shape, 8)].sum(-1, dtype=np.uint8)
+
+
+def pairwise_hamming(fp: np.ndarray) -> np.ndarray:
+    """Hamming distances between all fingerprints of the last axis: uint64 [..., K] → uint8 [..., K, K]."""
+    fp = np.asarray(fp, dtype=np.uint64)
+    return popcount(fp[..., :, None] ^ fp[..., None, :])
+
+
+# --------------------------------------------------------------------------- one layer
+
+
+@dataclass(frozen=True)
+class LayerSimilarity:
+    """Similarity of the K kernels of one layer, over N probe images."""
+
+    mean: np.ndarray  # [K, K] mean similarity over the images where both maps are alive (NaN if none)
+    std: np.ndarray  # [K, K] its std across those images
+    count: np.ndarray  # [K, K] number of images where both maps are alive
+    dead_maps: np.ndarray  # [N, K] bool
+    fingerprints: np.ndarray  # [N, K] uint64 (0 where dead)
+
+    @property
+    def num_kernels(self) -> int:
+        return self.mean.shape[0]
+
+
+def fingerprints(recon: np.ndarray, cfg: SimilarityConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reconstructions [N, K, C, H, W] → (bits [N, K, B] bool, dead [N, K], pixels [N, K, H, W] 0–255)."""
+    recon = np.asarray(recon)
+    if recon.ndim != 5:
+        raise DataError(f"reconstructions: expected [N_probe, K, C, H, W], got shape {recon.shape}")
+    if not np.isfinite(recon).all():
+        raise DataError("reconstructions contain NaN or inf; recompute them (visualize stage)")
+    pixels, dead = scale_to_255(to_gray(recon), dead_rel_tol=cfg.dead_rel_tol, quantize=cfg.quantize)
+    bits = phash_bits(pixels, cfg.method, hash_size=cfg.hash_size, highfreq_factor=cfg.highfreq_factor)
+    bits[dead] = False
+    return bits, dead, pixels
+
+
+def layer_similarity(recon: np.ndarray, cfg: SimilarityConfig) -> LayerSimilarity:
+    """pHash similarity matrix of one layer's reconstructions [N, K, C, H, W]."""
+    if cfg.max_probe_images is not None:
+        recon = recon[: cfg.max_probe_images]
+    bits, dead, _ = fingerprints(recon, cfg)
+    nbits = bits.shape[-1]
+    if nbits == 64:
+        fp = pack_bits(bits)
+        ham = pairwise_hamming(fp).astype(np.float64)  # [N, K, K]
+    else:  # other hash sizes: count differing bits directly
+        fp = np.zeros(bits.shape[:2], dtype=np.uint64)
+        ham = (bits[:, :, None, :] != bits[:, None, :, :]).sum(-1).astype(np.float64)
+    sim = 1.0 - ham / nbits
+    alive = ~dead
+    both = alive[:, :, None] & alive[:, None, :]  # [N, K, K]
+    count = both.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(both, sim, 0.0).sum(0) / count
+        var = np.where(both, (sim - mean) ** 2, 0.0).sum(0) / count
+    mean = np.where(count > 0, mean, np.nan)
+    std = np.where(count > 0, np.sqrt(var), np.nan)
+    return LayerSimilarity(mean=mean, std=std, count=count, dead_maps=dead, fingerprints=fp)
+
+
+# --------------------------------------------------------------------------- redundancy
+
+
+@dataclass(frozen=True)
+class Redundancy:
+    """What the adjust rule reads about one layer."""
+
+    num_kernels: int
+    dead_kernels: tuple[int, ...]
+    mean_similarity: float  # mean over alive pairs i < j of the image-averaged similarity
+    pair_std: float  # std of that over pairs
+    image_spread: float  # mean over pairs of the std across probe images
+    fraction_above: float  # share of alive pairs with mean similarity ≥ threshold
+    groups: tuple[tuple[int, ...], ...]  # near-duplicate groups (size ≥ 2), largest first
+    distinct: int  # connected components among alive kernels (a singleton counts as one)
+    threshold: float
+
+    def as_dict(self) -> dict:
+        return {"num_kernels": self.num_kernels, "dead_kernels": list(self.dead_kernels),
+                "alive_kernels": self.num_kernels - len(self.dead_kernels),
+                "mean_similarity": self.mean_similarity, "pair_std": self.pair_std,
+                "image_spread": self.image_spread, "fraction_above": self.fraction_above,
+                "threshold": self.threshold, "distinct": self.distinct,
+                "duplicate_groups": [list(g) for g in self.groups]}
+
+
+def dead_kernels(ls: LayerSimilarity, fraction: float) -> np.ndarray:
+    """bool [K]: kernels whose map is dead in at least ``fraction`` of the probe images."""
+    return ls.dead_maps.mean(0) >= fraction
+
+
+def duplicate_groups(mean: np.ndarray, alive: np.ndarray, threshold: float) -> tuple[list[list[int]], int]:
+    """Connected components of the graph "mean similarity ≥ threshold" among alive kernels.
+
+    Returns (groups of size ≥ 2 sorted largest first, number of components incl. singletons).
+    """
+    idx = np.flatnonzero(alive)
+    if len(idx) == 0:
+        return [], 0
+    sub = np.nan_to_num(mean[np.ix_(idx, idx)], nan=0.0)
+    adj = sub >= threshold
+    np.fill_diagonal(adj, False)
+    n, labels = connected_components(csr_matrix(adj), directed=False)
+    groups = [sorted(idx[labels == c].tolist()) for c in range(n)]
+    groups = [g for g in groups if len(g) >= 2]
+    groups.sort(key=lambda g: (-len(g), g[0]))
+    return groups, int(n)
+
+
+def redundancy(ls: LayerSimilarity, cfg: SimilarityConfig) -> Redundancy:
+    """Summary of one layer: mean similarity, share of near-duplicate pairs, groups, dead kernels."""
+    dead = dead_kernels(ls, cfg.dead_kernel_fraction)
+    alive = ~dead
+    iu = np.triu_indices(ls.num_kernels, k=1)
+    pair_ok = alive[iu[0]] & alive[iu[1]] & (ls.count[iu] > 0)
+    vals = ls.mean[iu][pair_ok]
+    spread = ls.std[iu][pair_ok]
+    groups, distinct = duplicate_groups(ls.mean, alive, cfg.threshold)
+    nan = float("nan")
+    return Redundancy(
+        num_kernels=ls.num_kernels,
+        dead_kernels=tuple(np.flatnonzero(dead).tolist()),
+        mean_similarity=float(vals.mean()) if len(vals) else nan,
+        pair_std=float(vals.std()) if len(vals) else nan,
+        image_spread=float(spread.mean()) if len(spread) else nan,
+        fraction_above=float((vals >= cfg.threshold).mean()) if len(vals) else nan,
+        groups=tuple(tuple(g) for g in groups),
+        distinct=distinct,
+        threshold=cfg.threshold,
+    )
+
+
+# --------------------------------------------------------------------------- parity with imagehash
+
+
+def imagehash_bits(pixels: np.ndarray, method: str, *, hash_size: int = 8, highfreq_factor: int = 4) -> np.ndarray:
+    """imagehash's per-image route on uint8-able maps [M, H, W] (0–255) → bool [M, hash_size²].
+
+    ``median`` → ``imagehash.phash``, ``simple`` → ``imagehash.phash_simple``;
+    ``mean`` has no imagehash function (it is computed from PIL's resized
+    pixels with scipy's DCT, exactly imagehash.phash with the paper's threshold).
+    """
+    import imagehash
+    from PIL import Image
+
+    side = hash_size * highfreq_factor
+    out = []
+    for p in np.asarray(pixels):
+        img = Image.fromarray(np.clip(np.rint(p), 0, 255).astype(np.uint8), mode="L")
+        if method == "median":
+            h = imagehash.phash(img, hash_size=hash_size, highfreq_factor=highfreq_factor).hash
+        elif method == "simple":
+            h = imagehash.phash_simple(img, hash_size=hash_size, highfreq_factor=highfreq_factor).hash
+        else:
+            small = np.asarray(img.resize((side, side), Image.Resampling.LANCZOS), dtype=np.float64)
+            block = scipy.fftpack.dct(scipy.fftpack.dct(small, axis=0), axis=1)[:hash_size, :hash_size]
+            h = block > block.flatten()[1:].mean()
+        out.append(np.asarray(h, dtype=bool).flatten())
+    return np.stack(out) if out else np.zeros((0, hash_size * hash_size), dtype=bool)
+
+
+def agreement_with_imagehash(recon: np.ndarray, cfg: SimilarityConfig, max_maps: int, seed: int = 0) -> dict:
+    """Our fused route vs imagehash's per-image route on the same raw float maps.
+
+    Up to ``max_maps`` alive maps (a seeded sample) are hashed both ways.
+    Returns the share of identical fingerprints, of agreeing bits, and the mean
+    Hamming distance between the two fingerprints of one map.
+    """
+    bits, dead, pixels = fingerprints(recon, cfg)
+    b = bits.reshape(-1, bits.shape[-1])[~dead.reshape(-1)]
+    p = pixels.reshape(-1, *pixels.shape[-2:])[~dead.reshape(-1)]
+    if len(b) == 0 or max_maps == 0:
+        return {"maps": 0}
+    pick = np.random.default_rng(seed).permutation(len(b))[:max_maps]
+    ref = imagehash_bits(p[pick], cfg.method, hash_size=cfg.hash_size, highfreq_factor=cfg.highfreq_factor)
+    diff = (b[pick] != ref).sum(1)
+    return {"maps": int(len(pick)), "identical_fraction": float((diff == 0).mean()),
+            "bit_agreement": float(1.0 - diff.mean() / b.shape[-1]), "mean_hamming": float(diff.mean()),
+            "max_hamming": int(diff.max()), "method": cfg.method}
+
+
+def redundancy_from_dict(d: dict) -> Redundancy:
+    """Inverse of ``Redundancy.as_dict`` (the adjust stage reads similarity.json)."""
+    nan = float("nan")
+    return Redundancy(num_kernels=int(d["num_kernels"]), dead_kernels=tuple(d["dead_kernels"]),
+                      mean_similarity=nan if d["mean_similarity"] is None else float(d["mean_similarity"]),
+                      pair_std=nan if d["pair_std"] is None else float(d["pair_std"]),
+                      image_spread=nan if d["image_spread"] is None else float(d["image_spread"]),
+                      fraction_above=nan if d["fraction_above"] is None else float(d["fraction_above"]),
+                      groups=tuple(tuple(g) for g in d["duplicate_groups"]), distinct=int(d["distinct"]),
+                      threshold=float(d["threshold"]))

@@ -1,0 +1,89 @@
+"""Helpers to run the DVC pipeline in a temporary copy of the repository, and to compare metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCURACY_KEYS = ("top1", "top5")
+
+
+def copy_repo(dest: Path) -> Path:
+    """The committed and untracked-but-not-ignored files (what a clean clone plus local edits has)."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for f in filter(None, files):
+        src = ROOT / f
+        if src.is_file() and not f.startswith(("data/", "reports/")):
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    (dest / "reports").mkdir(exist_ok=True)
+    if (ROOT / "reports" / "paper_reference.yaml").exists():
+        shutil.copy2(ROOT / "reports" / "paper_reference.yaml", dest / "reports" / "paper_reference.yaml")
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    return dest
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{e.get('PATH', '')}"
+    e.pop("PYTHONPATH", None)  # `python -m` puts the copy's own code (cwd) first on the path
+    e.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return e
+
+
+def run(cmd: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def accuracy_leaves(obj, prefix: str = "") -> dict[str, float]:
+    """Every numeric leaf whose key is an accuracy (top1/top5 or *_top1), skipping per-epoch history."""
+    out: dict[str, float] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k in ("history",):
+                continue
+            path = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and (k in ACCURACY_KEYS or k.endswith(("_top1", "_top5", "accuracy"))):
+                out[path] = float(v)
+            elif isinstance(v, dict):
+                out.update(accuracy_leaves(v, path))
+    return out
+
+
+def collect_metrics(reports_dir: Path) -> dict[str, dict[str, float]]:
+    result = {}
+    for f in sorted((reports_dir / "metrics").rglob("*.json")):
+        leaves = accuracy_leaves(json.loads(f.read_text()))
+        if leaves:
+            result[str(f.relative_to(reports_dir.parent))] = leaves
+    return result
+
+
+def compare(current: dict, expected: dict, tolerance: float, *, lower_only: bool = False) -> list[str]:
+    """Messages for every expected metric that is missing or off by more than ``tolerance`` points."""
+    problems = []
+    for file, leaves in expected.items():
+        for key, want in leaves.items():
+            got = current.get(file, {}).get(key)
+            if got is None:
+                problems.append(f"{file}:{key} missing (expected {want})")
+            elif (want - got > tolerance) if lower_only else (abs(got - want) > tolerance):
+                problems.append(f"{file}:{key} = {got:.3f}, expected {want:.3f} ± {tolerance} points")
+    return problems
+
+
+def load_expected(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def write_expected(path: Path, metrics: dict, tolerance: float, note: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"note": note, "tolerance_points": tolerance, "metrics": metrics}, sort_keys=True))

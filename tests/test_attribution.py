@@ -1,0 +1,353 @@
+"""Attribution methods: parity with Captum and pytorch-grad-cam, exact values, contract.
+
+Models: paper 1's CNN (32/64) and a ResNet-18 at width 0.125, both with random
+weights (BN statistics randomized so every path carries signal), in eval mode.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cnnvis.attribution import (
+    METHODS,
+    Deconvnet,
+    GradCAM,
+    GuidedBackprop,
+    GuidedGradCAM,
+    Saliency,
+    minmax_per_image,
+    project_feature_maps,
+)
+from cnnvis.config import ModelConfig, parse
+from cnnvis.hooks import _HOOK_DICTS, capture, model_state_guard, relu_rule
+from cnnvis.models import build_model, conv_layers
+
+ATOL = 1e-5
+warnings.filterwarnings("ignore", module="captum")
+
+
+def _model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    if name == "p1_cnn":
+        cfg = parse(ModelConfig, {"name": "p1_cnn", "widths": [32, 64]}, "model")
+    else:
+        cfg = parse(ModelConfig, {"name": "resnet18", "width_multiplier": 0.125}, "model")
+    model = build_model(cfg, in_channels=1, num_classes=10, image_size=28)
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():  # zero-init BN gammas and fresh running stats would hide paths
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.weight.shape, generator=g) + 0.5
+            m.bias.data = torch.randn(m.bias.shape, generator=g) * 0.1
+            m.running_mean = torch.randn(m.running_mean.shape, generator=g) * 0.1
+            m.running_var = torch.rand(m.running_var.shape, generator=g) + 0.5
+    return model.eval()
+
+
+MODELS = ("p1_cnn", "resnet18")
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def model(request):
+    return _model(request.param)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+
+
+TARGETS = torch.tensor([3, 0, 9, 3])
+
+
+def _snapshot(model: nn.Module) -> dict:
+    return {
+        "modes": [m.training for m in model.modules()],
+        "flags": [p.requires_grad for p in model.parameters()],
+        "hooks": [len(getattr(m, d)) for m in model.modules() for d in _HOOK_DICTS if hasattr(m, d)],
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "grads": [p.grad for p in model.parameters()],
+    }
+
+
+def _assert_unchanged(model: nn.Module, before: dict) -> None:
+    after = _snapshot(model)
+    assert after["modes"] == before["modes"]
+    assert after["flags"] == before["flags"]
+    assert after["hooks"] == before["hooks"]
+    assert all(g is None for g in after["grads"])
+    for k, v in before["state"].items():
+        assert torch.equal(after["state"][k], v), k
+
+
+# --------------------------------------------------------------------------- Captum parity
+
+
+def test_saliency_and_rules_equal_captum(model, images):
+    from captum.attr import Deconvolution
+    from captum.attr import GuidedBackprop as CGuidedBackprop
+    from captum.attr import Saliency as CSaliency
+
+    for ours, ref in ((Saliency(model).attribute(images, TARGETS), CSaliency(model).attribute(images, TARGETS)),
+                      (Saliency(model).attribute(images, TARGETS, abs=False),
+                       CSaliency(model).attribute(images, TARGETS, abs=False)),
+                      (GuidedBackprop(model).attribute(images, TARGETS), CGuidedBackprop(model).attribute(images, TARGETS)),
+                      (Deconvnet(model).attribute(images, TARGETS), Deconvolution(model).attribute(images, TARGETS))):
+        assert ref.abs().max() > 0
+        torch.testing.assert_close(ours, ref, atol=ATOL, rtol=0)
+
+
+def test_deconvnet_and_guided_differ_by_the_rule_only(model, images):
+    d, g = Deconvnet(model).attribute(images, TARGETS), GuidedBackprop(model).attribute(images, TARGETS)
+    assert not torch.allclose(d, g)
+    assert issubclass(Deconvnet, GuidedBackprop.__mro__[1]) and Deconvnet.rule != GuidedBackprop.rule
+
+
+@pytest.mark.parametrize("mode", ["all", "max"])
+def test_project_feature_maps_equals_captum_neuron_deconvolution(model, images, mode):
+    from captum.attr import NeuronDeconvolution
+
+    for _, layer in (conv_layers(model)[0], conv_layers(model)[-1]):
+        proj = project_feature_maps(model, layer, images, mode=mode)
+        assert proj.shape == (4, layer.out_channels, 1, 28, 28)
+        nd = NeuronDeconvolution(model, layer)
+        for k in (0, layer.out_channels // 2, layer.out_channels - 1):
+            if mode == "all":
+                def sel(out, k=k):
+                    return 0.5 * out[:, k].pow(2).flatten(1).sum(1)
+            else:
+                def sel(out, k=k):
+                    return 0.5 * out[:, k].flatten(1).max(1).values.pow(2)
+            torch.testing.assert_close(proj[:, k], nd.attribute(images, sel), atol=ATOL, rtol=0)
+
+
+def test_project_feature_maps_channels_chunks_and_rectify(images):
+    model = _model("p1_cnn")
+    conv2 = model.features.conv2
+    full = project_feature_maps(model, conv2, images)
+    sub = project_feature_maps(model, conv2, images, channels=[7, 2], max_batch=5)  # one map per pass
+    torch.testing.assert_close(sub, full[:, [7, 2]], atol=ATOL, rtol=0)
+    # the rectified signal at conv2 is the plain signal at relu2 (ReLU rule passes positive signals)
+    torch.testing.assert_close(project_feature_maps(model, conv2, images, rectify=True),
+                               project_feature_maps(model, model.features.relu2, images), atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="mode"):
+        project_feature_maps(model, conv2, images, mode="mean")
+    with pytest.raises(ValueError, match="channels"):
+        project_feature_maps(model, conv2, images, channels=[64])
+
+
+@pytest.mark.parametrize("interpolate", ["bilinear", "nearest", None])
+@pytest.mark.parametrize("relu", [True, False])
+def test_gradcam_equals_captum_layer_gradcam(model, images, interpolate, relu):
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    for _, layer in (conv_layers(model)[0], conv_layers(model)[-1]):
+        ours = GradCAM(model, layer, relu=relu, interpolate=interpolate).attribute(images, TARGETS)
+        ref = LayerGradCam(model, layer).attribute(images, TARGETS, relu_attributions=relu)
+        if interpolate is not None:
+            ref = LayerAttribution.interpolate(ref, (28, 28), interpolate_mode=interpolate)
+        assert ours.shape == ref.shape
+        torch.testing.assert_close(ours, ref, atol=ATOL, rtol=0)
+
+
+def test_guided_gradcam_equals_captum(model, images):
+    from captum.attr import GuidedGradCam
+
+    layer = conv_layers(model)[-1][1]
+    ours = GuidedGradCAM(model, layer).attribute(images, TARGETS)
+    ref = GuidedGradCam(model, layer).attribute(images, TARGETS, interpolate_mode="bilinear")
+    assert ref.abs().max() > 0
+    torch.testing.assert_close(ours, ref, atol=ATOL, rtol=0)
+
+
+def test_gradcam_equals_pytorch_grad_cam_after_its_normalization(model, images):
+    from pytorch_grad_cam import GradCAM as PGradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    for _, layer in (conv_layers(model)[0], conv_layers(model)[-1]):
+        cam = GradCAM(model, layer, relu=True, interpolate="bilinear").attribute(images, TARGETS)
+        # pytorch-grad-cam min-max normalizes twice (per layer, then after averaging layers), each time with
+        # +1e-7 in the denominator; with the small CAM ranges of a random model that eps shows at 1e-4.
+        ours = minmax_per_image(minmax_per_image(cam))
+        ref_model = copy.deepcopy(model)  # pytorch-grad-cam calls eval() and fills .grad: keep ours clean
+        ref_layer = dict(ref_model.named_modules())[[n for n, m in model.named_modules() if m is layer][0]]
+        with PGradCAM(model=ref_model, target_layers=[ref_layer]) as cam:
+            ref = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in TARGETS])
+        np.testing.assert_allclose(ours[:, 0].numpy(), ref, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- exact values
+
+
+def test_gradcam_exact_on_a_linear_head():
+    """A one-conv model with a linear GAP head: α_k = w_ck / (h·w), so L^c = Σ_k w_ck A^k / (h·w)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 3, 3, padding=1)
+    head = nn.Linear(3, 2)
+    model = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head).eval()
+    x = torch.randn(2, 1, 5, 5)
+    cam = GradCAM(model, conv, relu=False, interpolate=None).attribute(x, target=[1, 0])
+    with torch.no_grad():
+        a = conv(x)
+        expect = torch.stack([(head.weight[c][:, None, None] * a[i]).sum(0) / 25 for i, c in enumerate([1, 0])])
+    torch.testing.assert_close(cam[:, 0], expect, atol=1e-6, rtol=0)
+
+
+def test_deconvnet_exact_on_conv_relu_pool():
+    """conv(1→1, 1×1, weight 2) → ReLU → 2×2 max-pool: the projection puts 2·signal at each switch."""
+    conv = nn.Conv2d(1, 1, 1, bias=False)
+    conv.weight.data.fill_(2.0)
+    model = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(2)).eval()
+    x = torch.tensor([[[[1.0, -3.0], [0.5, 0.0]]]])  # switch at (0,0); pooled activation 2
+    proj = project_feature_maps(model, model[2], x)
+    expect = torch.zeros(1, 1, 1, 2, 2)
+    expect[0, 0, 0, 0, 0] = 2.0 * 2.0  # signal A = 2 routed to the switch, × transposed filter 2
+    torch.testing.assert_close(proj, expect)
+    # negative signals are cut by the ReLU rule even where the forward input was positive
+    proj_conv = project_feature_maps(model, conv, torch.tensor([[[[1.0, -3.0], [0.5, 0.0]]]]))
+    torch.testing.assert_close(proj_conv[0, 0, 0], torch.tensor([[4.0, -12.0], [2.0, 0.0]]))
+
+
+# --------------------------------------------------------------------------- contract
+
+
+def _make(name: str, model: nn.Module) -> object:
+    if name in ("gradcam", "guided_gradcam"):
+        return METHODS[name](model, conv_layers(model)[-1][1])
+    return METHODS[name](model)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_contract(model, images, name):
+    model.train()  # the method must switch to eval inside and restore train afterwards
+    for p in list(model.parameters())[:2]:
+        p.requires_grad_(False)
+    before = _snapshot(model)
+    try:
+        method = _make(name, model)
+        out = method.attribute(images, target=TARGETS)
+        out_int = method.attribute(images, target=5)
+        out_pred = method.attribute(images)
+        _assert_unchanged(model, before)
+        channels = 1 if name == "gradcam" else images.shape[1]
+        for o in (out, out_int, out_pred):
+            assert o.shape == (4, channels, 28, 28)
+            assert torch.isfinite(o).all()
+            assert not o.requires_grad
+        assert torch.allclose(out[0], out_int[0]) is False or name == "gradcam"  # target 3 vs 5 differ
+        # per-image targets: image i attributed alone to its own target gives the same map
+        one = method.attribute(images[2:3], target=int(TARGETS[2]))
+        torch.testing.assert_close(one[0], out[2], atol=ATOL, rtol=1e-4)
+        with pytest.raises(ValueError):
+            method.attribute(images, target=[1, 2])
+        with pytest.raises(ValueError):
+            method.attribute(images, target=10)
+        _assert_unchanged(model, before)
+    finally:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+
+def test_model_unchanged_when_an_exception_is_raised(model, images):
+    model.train()
+    before = _snapshot(model)
+    try:
+        with pytest.raises(ValueError):
+            project_feature_maps(model, conv_layers(model)[0][1], images, channels=[10_000])
+        with pytest.raises(ValueError):
+            GuidedGradCAM(model, conv_layers(model)[-1][1]).attribute(images, target=99)
+        with pytest.raises(RuntimeError, match="boom"), model_state_guard(model, eval_mode=True, frozen=True), \
+                relu_rule(model, "guided"), capture(conv_layers(model)[0][1]):
+            raise RuntimeError("boom")
+        _assert_unchanged(model, before)
+    finally:
+        model.eval()
+
+
+def test_guard_detects_in_place_weight_change():
+    model = _model("p1_cnn")
+    with pytest.raises(RuntimeError, match="in place"), model_state_guard(model), torch.no_grad():
+        model.features.conv1.weight.add_(1.0)
+
+
+# --------------------------------------------------------------------------- faithfulness and sanity checks
+
+
+def _one_pixel_model() -> nn.Module:
+    """Logits (10·x[0,0,0,0], 0): only pixel (0, 0) matters."""
+    lin = nn.Linear(16, 2, bias=False)
+    lin.weight.data.zero_()
+    lin.weight.data[0, 0] = 10.0
+    return nn.Sequential(nn.Flatten(), lin).eval()
+
+
+def test_deletion_insertion_known_answer():
+    from cnnvis.attribution.faithfulness import deletion_insertion
+
+    model = _one_pixel_model()
+    x = torch.rand(2, 1, 4, 4) + 0.5
+    x[:, 0, 0, 0] = 1.0
+    p0 = torch.sigmoid(torch.tensor(10.0))  # softmax([10, 0])[0]
+    good = torch.zeros(2, 4, 4)
+    good[:, 0, 0] = 1.0  # pixel (0, 0) first
+    bad = -good  # pixel (0, 0) last (ties among the rest keep index order)
+    y = torch.zeros(2, dtype=torch.long)
+    c = deletion_insertion(model, torch.cat([x[:1], x[1:]]), torch.stack([good[0], bad[1]]), y, steps=4,
+                           deletion_baseline="mean", insertion_baseline="mean")
+    # good map: deleting the first 4 pixels removes (0, 0) → p = 0.5 from step 1 on; bad map only at step 4
+    torch.testing.assert_close(c.deletion[0], torch.tensor([p0, 0.5, 0.5, 0.5, 0.5]))
+    torch.testing.assert_close(c.deletion[1], torch.tensor([p0, p0, p0, p0, 0.5]))
+    torch.testing.assert_close(c.insertion[0], torch.tensor([0.5, p0, p0, p0, p0]))
+    torch.testing.assert_close(c.deletion_auc[0], (p0 / 2 + 0.5 * 3 + 0.25) / 4)
+    torch.testing.assert_close(c.insertion_auc[1], (0.25 + 0.5 * 3 + p0 / 2) / 4)
+    assert c.deletion_auc[0] < c.deletion_auc[1]
+
+
+def test_blur_baseline_and_pixel_importance():
+    from cnnvis.attribution.faithfulness import baseline_images, pixel_importance
+
+    x = torch.zeros(1, 1, 9, 9)
+    x[0, 0, 4, 4] = 1.0
+    b = baseline_images(x, "blur", 1.0)
+    assert b.shape == x.shape and 0 < b[0, 0, 4, 4] < 1 and abs(b.sum() - 1) < 1e-3  # mass kept, spread
+    a = torch.tensor([[[[1.0, -2.0]], [[-3.0, 0.5]]]])  # [1, 2, 1, 2]
+    torch.testing.assert_close(pixel_importance(a), torch.tensor([[[4.0, 2.5]]]))
+
+
+def test_spearman_rows_matches_scipy_and_handles_constant_rows():
+    from scipy.stats import spearmanr
+
+    from cnnvis.attribution.sanity import spearman_rows
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(3, 50, generator=g), torch.rand(3, 50, generator=g)
+    a[1, :10] = 0.0  # ties
+    r = spearman_rows(a, b)
+    for i in range(2):
+        assert abs(r[i] - spearmanr(a[i], b[i]).statistic) < 1e-12
+    assert spearman_rows(torch.zeros(1, 5), torch.rand(1, 5))[0] == 0.0
+
+
+def test_randomization_and_class_sensitivity(images):
+    from cnnvis.attribution.sanity import cascading_randomization, class_sensitivity, other_classes
+
+    model = _model("p1_cnn")
+    before = _snapshot(model)
+    conv2 = "features.conv2"
+    facs = {"gradcam": lambda m: GradCAM(m, dict(m.named_modules())[conv2]), "saliency": lambda m: Saliency(m)}
+    out = cascading_randomization(model, facs, images, TARGETS, seed=0)
+    _assert_unchanged(model, before)
+    assert [s.layer for s in out["saliency"]] == ["classifier.fc", "classifier.fc1", "features.conv2", "features.conv1"]
+    assert all(-1 <= s.spearman_mean <= 1 for s in out["gradcam"])
+    again = cascading_randomization(model, facs, images, TARGETS, seed=0)
+    assert out == again  # seeded
+    other = other_classes(TARGETS, 10, seed=0)
+    assert (other != TARGETS).all() and ((other >= 0) & (other < 10)).all()
+    cs = class_sensitivity(model, facs, images, TARGETS, TARGETS)
+    assert cs["saliency"]["spearman_mean"] == pytest.approx(1.0)  # same class → identical maps

@@ -1,0 +1,114 @@
+"""dvc.yaml is the map of the system: every stage's params, inputs and outputs match what its code reads and writes."""
+
+from __future__ import annotations
+
+import importlib
+import shlex
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+
+def dvc_stages():
+    doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    for name, stage in doc["stages"].items():
+        yield name, stage.get("do", stage), "foreach" in stage
+
+
+def expand(value: str, key: str) -> str:
+    return value.replace("${key}", key)
+
+
+def paths(entries) -> set[str]:
+    out = set()
+    for e in entries or []:
+        out.add(next(iter(e)) if isinstance(e, dict) else e)
+    return out
+
+
+def stage_module(cmd: str):
+    tokens = shlex.split(cmd)
+    assert tokens[:2] == ["python", "-m"], f"stage cmd must be `python -m stages.<name> ...`: {cmd}"
+    return importlib.import_module(tokens[2]), tokens[3:]
+
+
+def flag_values(args: list[str]) -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for i, tok in enumerate(args):
+        if tok.startswith("--"):
+            flag, _, inline = tok.partition("=")
+            vals = [inline] if inline else []
+            j = i + 1
+            while not inline and j < len(args) and not args[j].startswith("--"):
+                vals.append(args[j])
+                j += 1
+            values[flag] = vals
+    return values
+
+
+STAGES = list(dvc_stages())
+
+
+@pytest.mark.parametrize(("name", "stage", "foreach"), STAGES, ids=[s[0] for s in STAGES])
+def test_params_declared_match(name, stage, foreach):
+    key = "fashion_mnist"
+    module, _ = stage_module(expand(stage["cmd"], key))
+    declared = {p.format(dataset=key) for p in module.PARAMS}
+    listed = {expand(p, key) if isinstance(p, str) else next(iter(p)) for p in stage.get("params", [])}
+    assert declared == listed, f"{name}: code reads {sorted(declared)} but dvc.yaml lists {sorted(listed)}"
+    assert "hardware" not in listed, "hardware is execution-only and must not invalidate results"
+
+
+@pytest.mark.parametrize(("name", "stage", "foreach"), STAGES, ids=[s[0] for s in STAGES])
+def test_paths_in_cmd_are_deps_or_outs(name, stage, foreach):
+    key = "fashion_mnist"
+    module, args = stage_module(expand(stage["cmd"], key))
+    flags = flag_values(args)
+    deps = {expand(d, key) for d in paths(stage.get("deps"))}
+    outs = set()
+    for section in ("outs", "metrics", "plots"):
+        outs |= {expand(o, key) for o in paths(stage.get(section))}
+    assert f"{module.__name__.replace('.', '/')}.py" in deps, f"{name}: its own code must be a dep"
+    for flag in module.INPUTS:
+        for value in flags.get(flag, []):
+            assert value in deps, f"{name}: {flag} {value} is read but not a dep"
+    for flag in module.OUTPUTS:
+        assert flag in flags, f"{name}: output flag {flag} missing from cmd"
+        for value in flags[flag]:
+            assert value in outs, f"{name}: {flag} {value} is written but not an out/metric/plot"
+    known = set(module.INPUTS) | set(module.OUTPUTS) | set(getattr(module, "SCRATCH", ())) | {"--dataset", "--params"}
+    assert set(flags) <= known, f"{name}: cmd flags {sorted(set(flags) - known)} not declared as INPUTS/OUTPUTS/SCRATCH"
+
+
+def test_params_yaml_matches_conf():
+    """params.yaml is generated: it must equal the composition of conf/ (no hand edits, no drift)."""
+    result = subprocess.run([sys.executable, "-m", "stages.compose", "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_check_detects_drift(tmp_path):
+    out = tmp_path / "params.yaml"
+    subprocess.run([sys.executable, "-m", "stages.compose", "--out", str(out)], cwd=ROOT, check=True, capture_output=True)
+    out.write_text(out.read_text().replace("epochs:", "epochs: 99 #", 1))
+    result = subprocess.run([sys.executable, "-m", "stages.compose", "--check", "--out", str(out)], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "differs from the composition of conf/" in result.stderr
+
+
+def test_compose_bad_override_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "stages.compose", "--out", str(tmp_path / "p.yaml"), "model=vgg"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("compose: error:") and "vgg" in result.stderr
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_every_experiment_composes(tmp_path):
+    for exp in sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")):
+        subprocess.run([sys.executable, "-m", "stages.compose", "--out", str(tmp_path / f"{exp}.yaml"), f"experiment={exp}"],
+                       cwd=ROOT, check=True, capture_output=True)
+        assert yaml.safe_load((tmp_path / f"{exp}.yaml").read_text())["dataset"]

@@ -1,0 +1,151 @@
+"""Paper 4's encoder-decoder: shapes, no class mixing, GAP = logits, checkpoints, the map study."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cnnvis import ConfigError
+from cnnvis import encdec as E
+from cnnvis.config import ModelConfig, parse
+from cnnvis.io import load_checkpoint, save_checkpoint
+from cnnvis.models import build_model
+
+torch.set_num_threads(1)
+
+
+def tiny(num_classes: int = 5, in_channels: int = 1, size: int = 28, **kw) -> E.EncDec:
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="encdec", width_multiplier=0.125, **kw)
+    return build_model(cfg, in_channels=in_channels, num_classes=num_classes, image_size=size).eval()
+
+
+@pytest.mark.parametrize(("size", "channels", "small"), [(28, 1, True), (32, 3, True), (64, 3, True), (64, 3, False)])
+def test_class_maps_are_8x8(size, channels, small):
+    model = tiny(7, channels, size, small_input_stem=small)
+    x = torch.randn(2, channels, size, size)
+    assert model.encoder.forward_features(x).shape[-2:] == (2, 2)  # the paper's (2, 2, C) encoding
+    maps = model.class_maps(x)
+    assert maps.shape == (2, 7, 8, 8)
+    assert model.map_side == 8
+    assert (maps >= 0).all()  # last ReLU (section 5.1)
+
+
+def test_gap_of_maps_equals_logits():
+    model = tiny()
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(model(x), model.class_maps(x).mean((2, 3)))
+
+
+def test_last_layer_is_a_group_conv_without_class_mixing():
+    model = tiny(num_classes=6)
+    assert model.group_up.groups == 6 and model.group_up.in_channels == model.group_up.out_channels == 6
+    x = torch.randn(2, 1, 28, 28)
+    base = model.class_maps(x)
+    c = 3
+
+    def bump(_module, args):  # perturb only class c's input channel of the group conv
+        z = args[0].clone()
+        z[:, c] += 5.0 * torch.randn_like(z[:, c]).abs() + 1.0
+        return (z,)
+
+    handle = model.group_up.register_forward_pre_hook(bump)
+    try:
+        moved = model.class_maps(x)
+    finally:
+        handle.remove()
+    changed = (moved - base).abs().flatten(2).amax(2)  # N×C
+    assert (changed[:, c] > 0).all()
+    others = [k for k in range(6) if k != c]
+    assert torch.equal(changed[:, others], torch.zeros_like(changed[:, others]))
+
+
+def test_relus_are_distinct_non_inplace_modules():
+    model = tiny()
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    assert relus and all(not r.inplace for r in relus)
+    assert len({id(r) for r in relus}) == len(relus)
+
+
+def test_checkpoint_rebuilds_from_file_alone(tmp_path):
+    cfg = E.EncDecConfig(width_multiplier=0.125)
+    torch.manual_seed(1)
+    model = build_model(cfg.model_config(), in_channels=1, num_classes=4, image_size=28).eval()
+    spec = {"in_channels": 1, "num_classes": 4, "image_size": 28, "mean": [0.5], "std": [0.25], "classes": list("abcd")}
+    save_checkpoint(tmp_path / "e.pt", model, cfg.model_config(), spec, encdec={"width_multiplier": 0.125})
+    loaded, state = load_checkpoint(tmp_path / "e.pt")
+    assert isinstance(loaded, E.EncDec) and state["model"]["name"] == "encdec"
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_resnet_like_shares_the_stem():
+    cfg = E.EncDecConfig(width_multiplier=0.125)
+    plain = E.build_resnet_like(cfg, 1, 10, 28)
+    assert plain.conv1.stride == (2, 2) and plain(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_config_section_validates_nested_train():
+    cfg = parse(E.EncDecConfig, {"width_multiplier": 0.5, "train": {"epochs": 3, "lr": 0.01}}, "encdec")
+    assert cfg.train.epochs == 3 and cfg.dropout == 0.3
+    with pytest.raises(ConfigError, match="encdec.train.epochs"):
+        parse(E.EncDecConfig, {"train": {"epochs": 0}}, "encdec")
+    with pytest.raises(ConfigError, match="encdec.bogus"):
+        parse(E.EncDecConfig, {"bogus": 1}, "encdec")
+
+
+def test_normalize_maps_eq10():
+    m = torch.tensor([[[0.0, 2.0], [1.0, 4.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    out = E.normalize_maps(m)
+    torch.testing.assert_close(out[0], torch.tensor([[0.0, 0.5], [0.25, 1.0]]))
+    assert torch.equal(out[1], torch.zeros(2, 2))
+
+
+def test_pearson_and_sharpness_exact():
+    a = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    torch.testing.assert_close(E.pearson_rows(a, 2 * a + 1), torch.tensor([1.0]))
+    torch.testing.assert_close(E.pearson_rows(a, -a), torch.tensor([-1.0]))
+    assert E.pearson_rows(a, torch.ones(1, 4)).item() == 0.0
+    onehot = torch.zeros(1, 4, 4)
+    onehot[0, 1, 2] = 3.0
+    s = E.sharpness(onehot)
+    assert s["peak_to_mean"].item() == pytest.approx(16.0) and s["entropy"].item() == pytest.approx(0.0, abs=1e-6)
+    flat = E.sharpness(torch.ones(1, 4, 4))
+    assert flat["peak_to_mean"].item() == pytest.approx(1.0) and flat["entropy"].item() == pytest.approx(np.log(16))
+
+
+def test_settle_epochs():
+    final = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 1.0], [0.0, 0.0]]])
+    other = torch.tensor([[[0.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [1.0, 0.0]]])
+    # probe 0 settles at 2.0 (flips away once at 1.0); probe 1 only at the end
+    snaps = torch.stack([torch.stack([final[0], other[1]]), torch.stack([other[0], other[1]]),
+                         torch.stack([final[0], other[1]]), torch.stack([final[0], final[1]])])
+    assert E.settle_epochs(snaps, (0.5, 1.0, 2.0, 3.0), final, 0.9) == [2.0, 3.0]
+
+
+def test_choose_probes_is_seeded_and_per_class():
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 2])
+    a = E.choose_probes(labels, 3, 2, seed=5)
+    assert torch.equal(a, E.choose_probes(labels, 3, 2, seed=5))
+    assert labels[a].tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_map_study_separates_correct_and_wrong():
+    torch.manual_seed(0)
+    n, c = 40, 2
+    labels = torch.arange(n) % c
+    maps = torch.zeros(n, c, 4, 4)
+    maps[labels == 0, 0, 0, 0] = 5.0  # class 0 pattern: top-left
+    maps[labels == 1, 1, 3, 3] = 5.0  # class 1 pattern: bottom-right
+    maps += 0.01 * torch.rand_like(maps)
+    wrong = torch.tensor([0, 1])
+    maps[wrong, labels[wrong]] = 0.01 * torch.rand(2, 4, 4)  # no pattern → predicted as the other class
+    maps[wrong, 1 - labels[wrong], 1, 1] = 5.0
+    logits = maps.mean((2, 3))
+    study = E.map_study(maps, logits, labels)
+    sim = study["intra_class_similarity"]
+    assert sim["correct"]["n"] == 38 and sim["wrong"]["n"] == 2
+    assert sim["correct"]["mean"] > 0.9 > sim["wrong"]["mean"]
+    assert study["confidence_vs_sharpness"]["peak_to_mean"]["n"] == n

@@ -1,0 +1,247 @@
+"""The report: paper numbers as printed, the metric mapping, the page, RESULTS.md and README in sync."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cnnvis import ConfigError
+from cnnvis import report as R
+from cnnvis.config import parse
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT / "reports" / "paper_reference.yaml"
+PAPER_DIRS = (ROOT / "papers", ROOT.parent / "shared" / "papers", Path("/work/shared/papers"))
+
+
+def tiny_png(rgb: tuple[int, int, int] = (40, 120, 200), size: int = 4) -> bytes:
+    """A valid size×size RGB PNG written with zlib only (no plotting in the fixtures)."""
+    raw = b"".join(b"\x00" + bytes(rgb) * size for _ in range(size))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+FIXTURE_METRICS = {
+    "baseline.json": {"dataset": "mnist", "test": {"top1": 98.5, "top5": 99.9}, "epochs": 3, "seed": 0,
+                      "train_seconds": 12.5, "threads": 1, "history": [{"epoch": 1}], "classes": ["0", "1"]},
+    "adjusted.json": {"test": {"top1": 99.0}, "before": {"top1": 98.5}, "epochs": 3, "seed": 0, "seconds": 20.0},
+    "prune.json": {"seconds": 4.0, "seed": 0, "epochs": 3, "per_class": [
+        {"class": "3", "initial_error": 2.0, "least_removed_error": 2.0, "most_removed_error": 7.5}]},
+}
+FIGURES = ("p1_fig08_gradcam.png", "p1_fig05a_map7.png", "p2_fig02_maps.png", "beyond_randomization.png")
+
+
+def make_fixture_report(tmp: Path, *, readme: str | None = None) -> Path:
+    """A small project tree (params.yaml, metrics of `mnist`, one table, 4 PNGs); runs the stage; returns tmp."""
+    from stages.compose import compose
+    from stages.report import main
+
+    compose(["dataset=[mnist]"], tmp / "params.yaml")
+    m = tmp / "reports" / "metrics" / "mnist"
+    m.mkdir(parents=True)
+    for name, doc in FIXTURE_METRICS.items():
+        (m / name).write_text(json.dumps(doc))
+    (tmp / "reports" / "tables").mkdir()
+    (tmp / "reports" / "tables" / "table1.md").write_text("| model | top-1 |\n|---|---|\n| control | 98.7 |\n")
+    (tmp / "reports" / "tables" / "sanity.csv").write_text("method,rank correlation\ngradcam,0.12\n")
+    f = tmp / "reports" / "figures" / "mnist"
+    f.mkdir(parents=True)
+    for i, name in enumerate(FIGURES):
+        (f / name).write_bytes(tiny_png((40 * i, 120, 200)))
+    if readme is not None:
+        (tmp / "README.md").write_text(readme)
+    argv = ["--metrics", str(tmp / "reports/metrics"), "--tables", str(tmp / "reports/tables"),
+            "--figures", str(tmp / "reports/figures"), "--reference", str(REFERENCE),
+            "--html", str(tmp / "reports/index.html"), "--markdown", str(tmp / "reports/RESULTS.md"),
+            "--params", str(tmp / "params.yaml")]
+    if readme is not None:
+        argv += ["--readme", str(tmp / "README.md")]
+    main(argv)
+    return tmp
+
+
+# ------------------------------------------------------------ the papers' numbers
+
+
+def _reference() -> dict:
+    return yaml.safe_load(REFERENCE.read_text())
+
+
+def _paper(ref: dict, table_id: str) -> dict:
+    t = next(t for t in ref["tables"] if t["id"] == table_id)
+    return {r.get("key") or r["label"]: r for r in t["paper_rows"]}
+
+
+def test_reference_holds_the_papers_numbers():
+    ref = _reference()
+    p1 = _paper(ref, "p1_table1")
+    assert [(p1[k]["before"], p1[k]["after"]) for k in ("MNIST", "CIFAR-10", "CIFAR-100")] == [
+        (98.07, 99.42), (82.25, 91.61), (77.41, 87.79)]
+    p3 = _paper(ref, "p3_pruning")
+    assert [p3["Persian cat"][c] for c in ("initial", "least", "most")] == [10.5, 10.5, 14]
+    assert [p3["Pembroke"][c] for c in ("initial", "least", "most")] == [9.39, 8.83, 15.46]
+    p4 = _paper(ref, "p4_table1")
+    assert [(p4[k]["top1"], p4[k]["top5"]) for k in ("baseline", "pretrained", "proposed")] == [
+        (52.80, 73.31), (69.76, 89.08), (53.78, 61.09)]
+    assert _paper(ref, "p4_perturbation")["grayscale"]["top1"] == 45.52
+
+
+def test_reference_rows_are_well_formed():
+    """Every paper row has only known keys (a comma inside an unquoted flow label splits it) and a source."""
+    ref = _reference()
+    for t in ref["tables"]:
+        assert t["paper"] in ref["papers"] and t["source"] and t["columns"]
+        allowed = {"dataset", "label", "key", "seeds", "epochs", *t["columns"]}
+        for row in t["paper_rows"]:
+            assert set(row) <= allowed, (t["id"], row)
+            assert all(isinstance(row[c], (int, float)) for c in t["columns"] if c in row), row
+    keys = [k for f in ref["figures"] for k in (f["key"] if isinstance(f["key"], list) else [f["key"]])]
+    assert len(keys) == len(set(keys)) and all(re.fullmatch(r"p[1-4]_\w+", k) for k in keys)
+
+
+def test_every_reference_number_is_printed_in_its_paper():
+    papers_dir = next((d for d in PAPER_DIRS if d.is_dir()), None)
+    if papers_dir is None:
+        pytest.skip("the papers' texts are not in this checkout")
+    ref = _reference()
+    for t in ref["tables"]:
+        text = (papers_dir / ref["papers"][t["paper"]]["file"]).read_text()
+        for row in t["paper_rows"]:
+            for c in t["columns"]:
+                if c in row:
+                    v = row[c]
+                    printed = {f"{v:.2f}", f"{v:g}", f"{v:.1f}"}
+                    assert any(re.search(rf"(?<![\d.]){re.escape(s)}(?![\d])", text) for s in printed), (t["id"], row["label"], c, v)
+
+
+# ------------------------------------------------------------ the mapping
+
+
+def test_lookup_takes_the_first_candidate_that_exists():
+    m = {"a.json": {"test": {"top1": 1.0}}, "b.json": {"test": {"top1": 2.0}}}
+    assert R.lookup(m, ["missing.json:test.top1", "b.json:test.top1", "a.json:test.top1"]) == (2.0, "b.json")
+    assert R.lookup(m, "a.json:test.top5") is None
+    with pytest.raises(ConfigError, match="metrics file"):
+        R.lookup(m, "a.json")
+
+
+def test_comparison_table_puts_ours_beside_the_paper_with_delta_on_the_same_dataset():
+    ref = _reference()
+    spec = next(t for t in ref["tables"] if t["id"] == "p1_table1")
+    t = R.comparison_table(spec, {"mnist": FIXTURE_METRICS, "digits": {}})
+    ours = [r for r in t.rows if r.who == "ours"]
+    assert [r.dataset for r in ours] == ["mnist", "digits"]
+    assert ours[0].values == {"before": 98.5, "after": 99.0}
+    assert ours[0].delta == pytest.approx({"before": 98.5 - 98.07, "after": 99.0 - 99.42})
+    assert (ours[0].seeds, ours[0].epochs) == ("0", "3")
+    assert ours[1].values == {"before": None, "after": None} and R.MISSING in ours[1].label
+    assert t.has_ours
+
+
+def test_rows_from_a_per_class_list_and_a_missing_stage():
+    ref = _reference()
+    spec = next(t for t in ref["tables"] if t["id"] == "p3_pruning")
+    t = R.comparison_table(spec, {"mnist": FIXTURE_METRICS, "digits": {}})
+    ours = [r for r in t.rows if r.who == "ours"]
+    assert (ours[0].label, ours[0].values) == ("3", {"initial": 2.0, "least": 2.0, "most": 7.5})
+    assert ours[1].label == R.MISSING and set(ours[1].values.values()) == {None}
+    # a mapping keyed by name works as well as a list
+    spec2 = next(t for t in ref["tables"] if t["id"] == "p4_perturbation")
+    t2 = R.comparison_table(spec2, {"tiny_imagenet": {"perturbation.json": {"perturbations": {
+        "grayscale": {"top1": 40.0}, "blur3": {"top1": 50.0}}}}})
+    gray = next(r for r in t2.rows if r.who == "ours" and r.key == "grayscale")
+    assert gray.delta == pytest.approx({"top1": 40.0 - 45.52})
+
+
+def test_figures_go_under_the_longest_matching_key_and_missing_ones_are_listed():
+    cat = [{"key": "p1_fig05", "paper": "p1", "number": "Fig. 5", "caption": "c"},
+           {"key": "p1_fig05a", "paper": "p1", "number": "Fig. 5(a)", "caption": "c"},
+           {"key": ["p1_fig02", "p1_fig03"], "paper": "p1", "number": "Fig. 2-3", "caption": "c"},
+           {"key": "p1_fig01", "paper": "p1", "number": "Fig. 1", "caption": "c", "expected": False}]
+    figs = {"a": [("p1_fig05a_x.png", "s1"), ("p1_fig03_y.png", "s2"), ("zz.png", "s3")], "b": []}
+    entries, unclaimed = R.figure_entries(cat, figs)
+    by = {e.number: e for e in entries}
+    assert [n for _, n, _ in by["Fig. 5(a)"].images] == ["p1_fig05a_x.png"]
+    assert by["Fig. 5"].images == [] and by["Fig. 5"].missing == ["a", "b"]
+    assert [n for _, n, _ in by["Fig. 2-3"].images] == ["p1_fig03_y.png"] and by["Fig. 2-3"].missing == ["b"]
+    assert by["Fig. 1"].missing == []
+    assert unclaimed == [("a", "zz.png", "s3")]
+
+
+def test_aggregate_mean_and_sample_std():
+    rows = [{"dataset": "d", "top1": 90.0}, {"dataset": "d", "top1": 92.0}, {"dataset": "d", "top1": None},
+            {"dataset": "e", "top1": 80.0}]
+    a = R.aggregate(rows, ["dataset"], ["top1"])
+    assert a[0] == {"dataset": "d", "runs": 3, "top1.n": 2, "top1.mean": 91.0, "top1.std": pytest.approx(2 ** 0.5)}
+    assert a[1]["top1.std"] is None and R.mean_std(91.0, 2 ** 0.5, 2) == "91.00 ± 1.41 (n=2)"
+
+
+def test_report_config_rejects_unknown_keys():
+    with pytest.raises(ConfigError, match="report.colour: unknown key"):
+        parse(R.ReportConfig, {"colour": "blue"}, "report")
+
+
+def test_replace_block():
+    text = f"intro\n{R.BLOCK_START}\nold\n{R.BLOCK_END}\noutro\n"
+    new = R.replace_block(text, "| a |\n")
+    assert new == f"intro\n{R.BLOCK_START}\n| a |\n{R.BLOCK_END}\noutro\n"
+    assert R.replace_block(new, "| a |") == new and R.extract_block(new) == "| a |"
+    assert R.replace_block("no markers", "x") is None
+
+
+# ------------------------------------------------------------ the stage
+
+
+def test_report_stage_writes_page_results_and_readme_block(tmp_path):
+    readme = f"# Project\n\n## Results\n{R.BLOCK_START}\nstale\n{R.BLOCK_END}\n\nHand-written prose.\n"
+    make_fixture_report(tmp_path, readme=readme)
+    html = (tmp_path / "reports/index.html").read_text()
+    md = (tmp_path / "reports/RESULTS.md").read_text()
+    ref = _reference()
+    for t in ref["tables"]:
+        assert f'data-table="{t["id"]}"' in html
+        assert t["title"] in md
+    assert html.count("data:image/png;base64,") == len(FIGURES)
+    assert "98.50 (+0.43)" in md  # ours beside the paper's MNIST 98.07
+    assert "Missing for mnist" in html  # e.g. Fig. 7 has no file
+    assert "gradcam" in md and "rank correlation" in md  # beyond table (CSV) in Markdown too
+    assert "sha256" in md and "Time per stage" in md
+    new_readme = (tmp_path / "README.md").read_text()
+    assert R.extract_block(new_readme) == R.extract_block(md)
+    assert new_readme.startswith("# Project") and new_readme.endswith("Hand-written prose.\n")
+
+
+def test_readme_without_markers_is_left_alone(tmp_path):
+    make_fixture_report(tmp_path, readme="# Project\nno block here\n")
+    assert (tmp_path / "README.md").read_text() == "# Project\nno block here\n"
+
+
+def test_relative_images_when_not_embedded(tmp_path):
+    from stages.report import read_figures
+
+    f = tmp_path / "reports/figures/mnist"
+    f.mkdir(parents=True)
+    (f / "p1_fig08_x.png").write_bytes(tiny_png())
+    cfg = R.ReportConfig(embed_images=False)
+    assert read_figures(tmp_path / "reports/figures", ["mnist"], cfg, tmp_path / "reports") == {
+        "mnist": [("p1_fig08_x.png", "figures/mnist/p1_fig08_x.png")]}
+
+
+def test_readme_results_block_equals_results_md():
+    readme, results = ROOT / "README.md", ROOT / "reports" / "RESULTS.md"
+    if not readme.exists() or R.extract_block(readme.read_text()) is None:
+        pytest.skip("README.md has no results markers yet")
+    assert results.exists(), "README.md has a results block but reports/RESULTS.md is missing: run `dvc repro report`"
+    assert R.extract_block(readme.read_text()) == R.extract_block(results.read_text()), (
+        "README.md's results block differs from reports/RESULTS.md: run "
+        "`python -m stages.report --readme README.md --readme-only`")

@@ -63,7 +63,7 @@ class AdjustConfig:
     growth: str = opt("multiply", choices=("multiply", "add"))
     growth_factor: float = opt(1.5, gt=1.0)
     growth_step: int = opt(32, ge=1)
-    max_width: int = opt(256, ge=1)
+    max_width: int = opt(128, ge=1)
     min_width: int = opt(8, ge=1)
     max_steps: int = opt(4, ge=1)  # growth steps per layer
     shrink_floor: float = opt(0.5, gt=0.0, le=1.0)  # never shrink below this share of the width at once

@@ -33,10 +33,10 @@ log = logging.getLogger(__name__)
 
 # Paper 4, Table 1 (Tiny ImageNet, 64 px; the 224 px row is torchvision's ImageNet figure).
 PAPER_TABLE1 = (
-    {"model": "Baseline (ResNet-18 fine-tuned, tjmoon0104)", "top1": 52.80, "top5": 73.31,
-     "dataset": "Tiny ImageNet val", "input": "64 px (upsampled in the baseline repo)", "epochs": "n/a"},
-    {"model": "Pre-trained ResNet-18 (224×224)", "top1": 69.76, "top5": 89.08,
-     "dataset": "ImageNet val", "input": "224 px", "epochs": "torchvision"},
+    {"model": "Baseline (ResNet-18, recipe of github tjmoon0104/pytorch-tiny-imagenet)", "top1": 52.80, "top5": 73.31,
+     "dataset": "Tiny ImageNet val", "input": "not stated", "epochs": "not stated"},
+    {"model": "Pre-trained ResNet-18 (224×224), reference", "top1": 69.76, "top5": 89.08,
+     "dataset": "ImageNet val", "input": "224 px", "epochs": "—"},
     {"model": "Proposed encoder-decoder", "top1": 53.78, "top5": 61.09,
      "dataset": "Tiny ImageNet val", "input": "64 px", "epochs": "80"},
 )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -68,24 +68,24 @@ class _StopForward(Exception):  # noqa: N818 - control flow, not an error
 
 @dataclass
 class Captured:
-    """What ``capture`` recorded: the module's output of the last forward pass."""
+    """What ``capture`` recorded in the last forward pass: the module's (first) input and its output."""
 
+    input: torch.Tensor | None = None
     output: torch.Tensor | None = None
-    stopped: bool = field(default=False)
 
 
 @contextlib.contextmanager
 def capture(module: nn.Module, *, stop: bool = False) -> Iterator[Captured]:
-    """Record ``module``'s output; with ``stop=True`` abort the forward pass after it.
+    """Record ``module``'s input and output; with ``stop=True`` abort the forward pass after it.
 
-    With ``stop=True`` call the model inside ``run_until(model, x, captured)``.
+    With ``stop=True`` call the model through ``run_until(model, x, captured)``.
     """
     box = Captured()
 
-    def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+    def hook(_m: nn.Module, inp: tuple[Any, ...], out: torch.Tensor) -> None:
+        box.input = inp[0] if inp else None
         box.output = out
         if stop:
-            box.stopped = True
             raise _StopForward
 
     handle = module.register_forward_hook(hook)
@@ -97,6 +97,7 @@ def capture(module: nn.Module, *, stop: bool = False) -> Iterator[Captured]:
 
 def run_until(model: nn.Module, x: torch.Tensor, box: Captured) -> torch.Tensor:
     """Run ``model(x)`` under a ``capture(..., stop=True)``; return the captured output."""
+    box.output = None
     try:
         model(x)
     except _StopForward:
@@ -106,39 +107,57 @@ def run_until(model: nn.Module, x: torch.Tensor, box: Captured) -> torch.Tensor:
     return box.output
 
 
+@dataclass
+class RuleSwitch:
+    """The ReLU backward rule in force; may be changed between backward passes of one forward graph."""
+
+    rule: str | None
+
+
 class _RuleReLU(torch.autograd.Function):
-    """ReLU whose backward is the deconvnet or guided-backprop rule (x: the ReLU input)."""
+    """ReLU whose backward follows ``switch.rule`` at backward time (x: the ReLU input).
+
+    None: the plain gradient g·[x > 0]; "guided": relu(g)·[x > 0]; "deconvnet": relu(g).
+    Supports ``autograd.grad(..., is_grads_batched=True)`` (vmap over the backward).
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, guided: bool) -> torch.Tensor:
-        ctx.guided = guided
-        if guided:
-            ctx.save_for_backward(x)
+    def forward(x: torch.Tensor, switch: RuleSwitch) -> torch.Tensor:
         return x.clamp(min=0)
 
     @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        x, switch = inputs
+        ctx.switch = switch
+        ctx.save_for_backward(x)
+
+    @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
-        if ctx.guided:  # g_in = relu(g_out) · [x > 0]
-            (x,) = ctx.saved_tensors
-            return g.clamp(min=0) * (x > 0), None
-        return g.clamp(min=0), None  # deconvnet: g_in = relu(g_out), whatever the forward sign
+        rule = ctx.switch.rule
+        if rule == "deconvnet":
+            return g.clamp(min=0), None
+        (x,) = ctx.saved_tensors
+        if rule == "guided":
+            g = g.clamp(min=0)
+        # g·[x > 0] in one fused pass (the kernel of ReLU's own backward)
+        return torch.ops.aten.threshold_backward(g, x, 0), None
 
 
 @contextlib.contextmanager
-def relu_rule(model: nn.Module, rule: str | None) -> Iterator[None]:
-    """Inside the block every ``nn.ReLU`` of ``model`` back-propagates with ``rule``.
+def relu_rule(model: nn.Module, rule: str | None) -> Iterator[RuleSwitch]:
+    """Inside the block every ``nn.ReLU`` of ``model`` back-propagates with ``switch.rule``.
 
-    ``rule``: "deconvnet", "guided", or None (plain gradient, no hooks).
+    ``rule``: "deconvnet", "guided", or None (the plain gradient). The yielded
+    switch may change the rule between two backward passes of the same forward.
     """
-    if rule is None:
-        yield
-        return
-    if rule not in RULES:
-        raise ValueError(f"rule = {rule!r}: unknown; allowed: {', '.join(RULES)}")
-    guided = rule == "guided"
+    if rule is not None and rule not in RULES:
+        raise ValueError(f"rule = {rule!r}: unknown; allowed: {', '.join(RULES)}, None")
+    switch = RuleSwitch(rule)
 
     def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], _out: torch.Tensor) -> torch.Tensor:
-        return _RuleReLU.apply(inp[0], guided)  # same forward value, the rule's backward
+        return _RuleReLU.apply(inp[0], switch)  # same forward value, the switch's backward
 
     handles = []
     try:
@@ -147,7 +166,7 @@ def relu_rule(model: nn.Module, rule: str | None) -> Iterator[None]:
                 if m.inplace:
                     raise ValueError("relu_rule needs non-inplace nn.ReLU modules (DESIGN.md rule 4)")
                 handles.append(m.register_forward_hook(hook))
-        yield
+        yield switch
     finally:
         for h in handles:
             h.remove()

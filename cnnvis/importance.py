@@ -144,17 +144,18 @@ class FilterImportance:
         kk, _, o, _ = g.shape
         return u.view(n, groups, k // groups, p), g.view(kk, n, groups, o // groups, p)
 
-    def _norms(self, name: str, u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    def _norms(self, name: str, u: torch.Tensor, g: torch.Tensor, method: str | None = None) -> torch.Tensor:
         """‖per-sample weight gradient‖ per filter: K×N×O, by the cheaper of two exact forms.
 
         direct: G = g·uᵀ (K·N·O·P·Kw multiply-adds); Gram: ‖G_o‖² = g_o·(uᵀu)·g_oᵀ
         (N·P²·Kw once + K·N·O·P²), cheaper for wide layers and many classes.
+        ``method`` ("direct" | "gram") forces one form (tests compare them).
         """
         ug, gg = self._grouped(name, u, g)
         kk, n, groups, og, p = gg.shape
         kw = ug.shape[2]
         direct, gram = kk * og * kw * p, p * p * kw + kk * og * p * p
-        if direct <= gram:
+        if method == "direct" or (method is None and direct <= gram):
             sq = torch.einsum("kngop,ngwp->kngow", gg, ug).square().sum(-1)
         else:
             gm = torch.einsum("ngwp,ngwq->ngpq", ug, ug)  # N×G×P×P

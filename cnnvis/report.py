@@ -32,6 +32,7 @@ BLOCK_START = "<!-- results:start -->"
 BLOCK_END = "<!-- results:end -->"
 # metrics keys that are curves or label lists, not results: left out of the summary
 SKIP_KEYS = frozenset({"history", "classes", "confusion", "per_class"})
+HEADING_SHIFT = 3  # levels a stage table's own headings move down on the page and in RESULTS.md
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Row:
     epochs: str = "—"
     key: str | None = None
     delta: dict[str, float] = field(default_factory=dict)  # ours − paper, same dataset and key only
+    spread: dict[str, tuple[float | None, int]] = field(default_factory=dict)  # (std, n) over seeds
 
 
 @dataclass
@@ -82,7 +84,7 @@ class FigureEntry:
     paper: str
     number: str
     caption: str
-    key: str
+    key: str  # the catalogue key(s), comma-separated
     images: list[tuple[str, str, str]]  # (dataset, file name, src)
     missing: list[str]  # datasets without a file
     expected: bool = True
@@ -148,6 +150,27 @@ def comparison_table(spec: Mapping[str, Any], metrics: Mapping[str, Mapping[str,
                  note=" ".join(str(spec.get("note", "")).split()), stage_tables=list(spec.get("stage_tables", [])))
 
 
+def _value(node: Any) -> tuple[float | None, tuple[float | None, int] | None]:
+    """A metric leaf: a number, or a summary over seeds {mean, std, n} (value, (std, n))."""
+    if isinstance(node, Mapping) and "mean" in node:
+        return _number(node["mean"]), (_number(node.get("std")), int(node.get("n") or 0))
+    return _number(node), None
+
+
+def _info(m: Mapping[str, Any], spec: Mapping[str, Any], fname: str | None, spreads: list) -> tuple[str, str]:
+    """(seeds, epochs) of one of our rows: the spec's own paths, else what the metrics file says."""
+    seeds, epochs = _run_info(m.get(fname) if fname else None)
+    for key in ("seeds", "epochs"):
+        found = lookup(m, spec[key]) if key in spec else None
+        if found is not None:
+            v = found[0]
+            text = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
+            seeds, epochs = (text, epochs) if key == "seeds" else (seeds, text)
+    if seeds == "—" and spreads:
+        seeds = f"{max(n for _, n in spreads)} seeds"
+    return seeds, epochs
+
+
 def _our_rows(ours: Mapping[str, Any], ds: str, m: Mapping[str, Any], columns: list[tuple[str, str]]) -> list[Row]:
     if "rows_from" in ours:
         found = lookup(m, ours["rows_from"])
@@ -156,9 +179,14 @@ def _our_rows(ours: Mapping[str, Any], ds: str, m: Mapping[str, Any], columns: l
         items, fname = found
         if isinstance(items, Mapping):  # {name: {...}} → rows carrying their name
             items = [{"name": k, **v} for k, v in items.items() if isinstance(v, Mapping)]
-        seeds, epochs = _run_info(m.get(fname))
+        names = lookup(m, ours["class_names"]) if "class_names" in ours else None
+        seeds, epochs = _info(m, ours, fname, [])
         out = []
         for item in items if isinstance(items, list) else []:
+            item = dict(item)
+            c = item.get("class")
+            # class indices shown as names when the spec names a list of them (e.g. baseline.json:classes)
+            item["class_name"] = (names[0][c] if names and isinstance(c, int) and 0 <= c < len(names[0]) else c)
             fmt = _SafeFormat(item)
             out.append(Row("ours", ds, str(ours.get("label", "{name}")).format_map(fmt),
                            {c: _number(item.get(ours["values"][c])) for c, _ in columns},
@@ -167,15 +195,17 @@ def _our_rows(ours: Mapping[str, Any], ds: str, m: Mapping[str, Any], columns: l
         return out
     out = []
     for spec in ours.get("rows", []):
-        values, files = {}, []
+        values, spread, files = {}, {}, []
         for c, _ in columns:
             found = lookup(m, spec["values"][c]) if c in spec.get("values", {}) else None
-            values[c] = _number(found[0]) if found else None
+            values[c], s = _value(found[0]) if found else (None, None)
+            if s is not None:
+                spread[c] = s
             if found:
                 files.append(found[1])
-        seeds, epochs = _run_info(m.get(files[0]) if files else None)
+        seeds, epochs = _info(m, spec, files[0] if files else None, list(spread.values()))
         out.append(Row("ours", ds, spec["label"] if files else f"{spec['label']} ({MISSING})", values,
-                       seeds=seeds, epochs=epochs, key=spec.get("key")))
+                       seeds=seeds, epochs=epochs, key=spec.get("key"), spread=spread))
     return out
 
 
@@ -266,7 +296,12 @@ def parse_stage_table(name: str, text: str) -> str:
             "<table><thead><tr>{% for h in rows[0] %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>"
             "{% for r in rows[1:] %}<tr>{% for c in r %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}</tbody></table>"
         ).render(rows=rows)
-    return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    tokens = md.parse(text)
+    for tok in tokens:  # a stage table's own "# Title" sits below the page's h3
+        if tok.type in ("heading_open", "heading_close"):
+            tok.tag = f"h{min(6, int(tok.tag[1]) + HEADING_SHIFT)}"
+    return md.renderer.render(tokens, md.options, {})
 
 
 # ---------------------------------------------------------------- figures
@@ -277,20 +312,23 @@ def figure_entries(catalogue: Sequence[Mapping[str, Any]], figures: Mapping[str,
     """Figures under their paper numbers, and the files no catalogue entry claims.
 
     ``figures`` maps dataset → [(file path under the dataset's folder, src)]. A
-    file belongs to the entry whose key is the longest prefix of its base name
-    (so ``p1_fig05a`` wins over a shorter key).
+    file belongs to the entry whose key is the longest prefix of its base name,
+    or of its path for a key with a folder (so ``p1_fig05a`` wins over a shorter
+    key, and ``encdec/fig6`` claims ``encdec/fig6_correct.png``).
     """
     keyed = []
     for entry in catalogue:
         keys = entry["key"] if isinstance(entry["key"], list) else [entry["key"]]
         keyed += [(k, entry) for k in keys]
     keyed.sort(key=lambda kv: -len(kv[0]))
-    entries = {id(e): FigureEntry(e["paper"], str(e["number"]), e["caption"], str(e["key"]), [], [],
+    entries = {id(e): FigureEntry(e["paper"], str(e["number"]), e["caption"],
+                                  ", ".join(e["key"]) if isinstance(e["key"], list) else str(e["key"]), [], [],
                                   bool(e.get("expected", True))) for e in catalogue}
     unclaimed: list[tuple[str, str, str]] = []
     for ds, files in figures.items():
         for name, src in sorted(files):
-            owner = next((e for k, e in keyed if _basename(name).startswith(k)), None)
+            # a key with a folder ("prune/importance_grid") matches the path, any other the file name
+            owner = next((e for k, e in keyed if (name if "/" in k else _basename(name)).startswith(k)), None)
             if owner is None:
                 unclaimed.append((ds, name, src))
             else:
@@ -331,8 +369,10 @@ def table_cells(t: Table, decimals: int) -> tuple[list[str], list[list[str]]]:
         cells = []
         for c, _ in t.columns:
             s = _fmt(r.values[c], decimals)
+            if c in r.spread and r.values[c] is not None:
+                s = mean_std(r.values[c], r.spread[c][0] if r.spread[c][1] > 1 else None, r.spread[c][1], decimals)
             if c in r.delta:
-                s += f" ({r.delta[c]:+.{decimals}f})"
+                s += f", Δ {r.delta[c]:+.{decimals}f}"
             cells.append(s)
         rows.append([r.who, r.dataset, r.label, *cells, r.seeds, r.epochs])
     return headers, rows
@@ -345,7 +385,7 @@ def results_markdown_block(tables: Sequence[Table], papers: Mapping[str, Any], d
         short = papers.get(t.paper, {}).get("short", t.paper.upper())
         headers, rows = table_cells(t, decimals)
         parts.append(f"### {short} {t.title}\n\n{t.unit}; paper: {t.source}. "
-                     f"In brackets: ours − paper on the same dataset.\n\n{md_table(headers, rows)}")
+                     f"Δ: ours − paper on the same dataset; ± sample std over n seeds.\n\n{md_table(headers, rows)}")
         if t.note:
             parts.append(f"_{t.note}_")
     return "\n\n".join(parts) + "\n"
@@ -388,7 +428,12 @@ def stage_table_markdown(name: str, text: str) -> str:
     if name.endswith(".csv"):
         rows = list(csv.reader(io.StringIO(text)))
         return md_table(rows[0], rows[1:]) if rows else "_empty table_"
-    return text
+    lines, fenced = [], False
+    for line in text.splitlines():
+        fenced ^= line.startswith("```")
+        m = None if fenced else re.match(r"(#{1,6}) ", line)
+        lines.append("#" * min(6, len(m.group(1)) + HEADING_SHIFT) + line[len(m.group(1)):] if m else line)
+    return "\n".join(lines)
 
 
 def extract_block(text: str) -> str | None:
@@ -477,7 +522,7 @@ window.addEventListener("load", cnnvisMark);
 </section>
 
 <section id="tables"><h2>Paper tables, paper beside ours</h2>
-<p class="meta">Rows shaded yellow are the paper's, blue are ours. In brackets: ours − paper on the same dataset. "{{ missing }}" marks a stage that has not produced this metric yet.</p>
+<p class="meta">Rows shaded yellow are the paper's, blue are ours. Δ: ours − paper on the same dataset; ± sample std over n seeds. "{{ missing }}" marks a stage that has not produced this metric yet.</p>
 {% for t in tables %}
 <h3 id="{{ t.id }}">{{ papers[t.paper].short }} {{ t.title }}</h3>
 <p class="meta">{{ t.unit }} · source: {{ t.source }}</p>
@@ -502,7 +547,7 @@ window.addEventListener("load", cnnvisMark);
 {% if fe.images %}<div class="figs">{% for ds, name, src in fe.images %}
 <figure><img src="{{ src }}" alt="{{ fe.number }} ({{ ds }}): {{ name }}" loading="eager"><figcaption>{{ fe.number }} — {{ ds }} — <code>{{ name }}</code></figcaption></figure>
 {% endfor %}</div>{% endif %}
-{% if fe.missing %}<p class="missing">Missing for {{ fe.missing | join(", ") }}: no file <code>reports/figures/&lt;dataset&gt;/{{ fe.key }}*</code> yet.</p>{% endif %}
+{% if fe.missing %}<p class="missing">Missing for {{ fe.missing | join(", ") }}: no file in <code>reports/figures/&lt;dataset&gt;/</code> named {% for k in fe.key.split(", ") %}<code>{{ k }}*</code>{{ " or " if not loop.last }}{% endfor %} yet.</p>{% endif %}
 {% if not fe.images and not fe.expected %}<p class="meta">Not reproduced as a picture (the paper's is a drawing).</p>{% endif %}
 </div>
 {% endfor %}

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fftpack
+import torch
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 METHODS = ("mean", "median", "simple")
 # PIL's ITU-R 601-2 luma transform for convert("L"): L = R*299/1000 + G*587/1000 + B*114/1000.
 LUMA = np.array([0.299, 0.587, 0.114])
+CHUNK = 1024  # maps per batched GEMM: large enough for BLAS, small enough for the cache
 
 
 @dataclass(frozen=True)
@@ -72,34 +74,47 @@ class SimilarityConfig:
 
 
 def to_gray(maps: np.ndarray) -> np.ndarray:
-    """[..., C, H, W] → [..., H, W] float64 with PIL's "L" weights (C = 1 or 3)."""
-    maps = np.asarray(maps, dtype=np.float64)
+    """[..., C, H, W] → [..., H, W] float32 with PIL's "L" weights (C = 1 or 3)."""
+    maps = np.asarray(maps)
     c = maps.shape[-3]
     if c == 1:
-        return maps[..., 0, :, :]
+        return maps[..., 0, :, :].astype(np.float32, copy=False)
     if c == 3:
-        return np.einsum("...chw,c->...hw", maps, LUMA)
+        return np.einsum("...chw,c->...hw", maps.astype(np.float32, copy=False), LUMA.astype(np.float32))
     raise DataError(f"reconstructions have {c} channels; expected 1 (grayscale) or 3 (RGB)")
 
 
-def scale_to_255(gray: np.ndarray, *, dead_rel_tol: float, quantize: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Min-max scale each map [..., H, W] to 0–255; also return the dead mask [...].
+def _ranges(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-map min and max of [..., H, W]."""
+    flat = gray.reshape(*gray.shape[:-2], -1)
+    return flat.min(-1), flat.max(-1)
 
-    A map is dead when its value range is ≤ ``dead_rel_tol`` × the largest range
-    among the maps sharing its leading index (the same probe image) — or exactly
-    zero. Dead maps are returned as zeros.
-    """
-    lo = gray.min(axis=(-2, -1))
-    hi = gray.max(axis=(-2, -1))
-    rng = hi - lo
+
+def dead_mask(lo: np.ndarray, hi: np.ndarray, dead_rel_tol: float) -> np.ndarray:
+    """A map is dead when its value range is ≤ ``dead_rel_tol`` × the largest range among the
+    maps sharing its leading index (the same probe image), or exactly zero."""
+    rng = hi.astype(np.float64) - lo
     ref = rng.max(axis=-1, keepdims=True) if rng.ndim >= 1 else rng
-    dead = (rng <= dead_rel_tol * ref) | (rng == 0)
-    safe = np.where(dead, 1.0, rng)
-    out = (gray - lo[..., None, None]) * (255.0 / safe)[..., None, None]
+    return (rng <= dead_rel_tol * ref) | (rng == 0)
+
+
+def scale_to_255(gray: np.ndarray, *, dead_rel_tol: float, quantize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Min-max scale each map [..., H, W] to 0–255 (float32; dead maps all 0); also the dead mask [...]."""
+    gray = np.asarray(gray, dtype=np.float32)
+    lo, hi = _ranges(gray)
+    dead = dead_mask(lo, hi, dead_rel_tol)
+    return _scale(gray, lo, hi, dead, quantize), dead
+
+
+def _scale(gray: np.ndarray, lo: np.ndarray, hi: np.ndarray, dead: np.ndarray, quantize: bool) -> np.ndarray:
+    """(gray − lo) · 255/(hi − lo) per map, float64 (the DCT's precision, as imagehash's scipy route)."""
+    gain = np.where(dead, 0.0, 255.0 / np.where(dead, 1.0, hi.astype(np.float64) - lo))
+    out = np.empty(gray.shape, dtype=np.float64)
+    np.subtract(gray, lo[..., None, None], out=out)
+    out *= gain[..., None, None]
     if quantize:
-        out = np.rint(out)  # PIL's convert("L") rounds to the nearest integer
-    out[dead] = 0.0
-    return out, dead
+        np.rint(out, out=out)  # PIL's convert("L") rounds to the nearest integer
+    return out
 
 
 @functools.lru_cache(maxsize=32)
@@ -128,46 +143,81 @@ def dct_matrix(n: int) -> np.ndarray:
     return scipy.fftpack.dct(np.eye(n), axis=0)
 
 
-def _low_block(pixels: np.ndarray, method: str, hash_size: int, side: int, chunk: int = 4096) -> np.ndarray:
-    """The thresholded low-frequency DCT block of maps [M, H, W] (0–255) → [M, hash_size²] bool."""
-    m, h, w = pixels.shape
+@functools.lru_cache(maxsize=32)
+def _projections(method: str, h: int, w: int, hash_size: int, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(left [hash_size, H], right [hash_size, W]) with block = left @ X @ right.T (resize and DCT fused)."""
     d = dct_matrix(side)
     rh, rw = lanczos_matrix(h, side), lanczos_matrix(w, side)
     if method == "simple":
         left = rh[:hash_size]  # rows 0..7 of the resized image, no DCT along axis 0
         right = d[1 : hash_size + 1] @ rw  # DCT along axis 1, DC column dropped
     else:
-        left = d[:hash_size] @ rh  # resize then DCT, fused: [hash_size, H]
+        left = d[:hash_size] @ rh  # resize then DCT along axis 0
         right = d[:hash_size] @ rw
-    out = np.empty((m, hash_size * hash_size), dtype=bool)
-    for s in range(0, m, chunk):
-        x = pixels[s : s + chunk]
-        n = len(x)
-        # B = L X Rᵀ as two large GEMMs: (X Rᵀ) then L(·), [n, hash_size, hash_size]
-        y = (x.reshape(n * h, w) @ right.T).reshape(n, h, hash_size)
-        block = (y.transpose(0, 2, 1).reshape(n * hash_size, h) @ left.T).reshape(n, hash_size, hash_size)
-        block = block.transpose(0, 2, 1).reshape(n, -1)
-        if method == "median":
-            thr = np.median(block, axis=1, keepdims=True)
-        elif method == "simple":
-            thr = block.mean(axis=1, keepdims=True)
-        else:  # mean of the AC coefficients (hackerfactor); the DC bit is kept in the hash
-            thr = block[:, 1:].mean(axis=1, keepdims=True)
-        out[s : s + n] = block > thr
-    return out
+    return torch.from_numpy(left), torch.from_numpy(right)
 
 
-def phash_bits(pixels: np.ndarray, method: str = "mean", *, hash_size: int = 8, highfreq_factor: int = 4) -> np.ndarray:
+def _threshold(block: np.ndarray, method: str) -> np.ndarray:
+    """block [n, B] float64 → bits [n, B] bool."""
+    b = block.shape[1]
+    if method == "median":  # numpy's median of an even count: the mean of the two middle values
+        mid = sorted({(b - 1) // 2, b // 2})
+        thr = np.partition(block, mid, axis=1)[:, mid].mean(1, keepdims=True)
+    elif method == "simple":
+        thr = block.mean(1, keepdims=True)
+    else:  # the mean of the AC coefficients (hackerfactor); the DC bit stays in the hash
+        thr = block[:, 1:].mean(1, keepdims=True)
+    return block > thr
+
+
+def _hash_chunk(x: np.ndarray, method: str, hash_size: int, side: int) -> np.ndarray:
+    """0–255 maps [n, H, W] float64 → bits [n, hash_size²] (imagehash's row-major order)."""
+    left, right = _projections(method, x.shape[-2], x.shape[-1], hash_size, side)
+    block = (left @ torch.from_numpy(x) @ right.T).numpy().reshape(len(x), -1)  # torch: one batched GEMM
+    return _threshold(block, method)
+
+
+def phash_bits(pixels: np.ndarray, method: str = "mean", *, hash_size: int = 8, highfreq_factor: int = 4,
+               chunk: int = CHUNK) -> np.ndarray:
     """Fingerprint bits of grayscale maps [..., H, W] with values in 0–255 → bool [..., hash_size²].
 
     Bit order is imagehash's (``ImageHash.hash.flatten()``, row-major).
     """
     if method not in METHODS:
         raise ValueError(f"method = {method!r}; allowed: {', '.join(METHODS)}")
-    pixels = np.asarray(pixels, dtype=np.float64)
+    pixels = np.asarray(pixels)
     lead, (h, w) = pixels.shape[:-2], pixels.shape[-2:]
-    bits = _low_block(pixels.reshape(-1, h, w), method, hash_size, hash_size * highfreq_factor)
-    return bits.reshape(*lead, hash_size * hash_size)
+    flat = np.ascontiguousarray(pixels, dtype=np.float64).reshape(-1, h, w)
+    side = hash_size * highfreq_factor
+    out = np.empty((len(flat), hash_size * hash_size), dtype=bool)
+    for s in range(0, len(flat), chunk):
+        out[s : s + chunk] = _hash_chunk(flat[s : s + chunk], method, hash_size, side)
+    return out.reshape(*lead, hash_size * hash_size)
+
+
+def hash_maps(maps: np.ndarray, cfg: SimilarityConfig, *, chunk: int = CHUNK,
+              return_pixels: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Raw maps [..., C, H, W] → (bits [..., B] bool, dead [...], 0–255 pixels [..., H, W] or None).
+
+    Chunked so that 10⁵ maps never materialize a float64 copy; dead maps get all-zero bits.
+    """
+    gray = to_gray(maps)
+    lead, (h, w) = gray.shape[:-2], gray.shape[-2:]
+    lo, hi = _ranges(gray)
+    dead = dead_mask(lo, hi, cfg.dead_rel_tol)
+    g, lo_f, hi_f, dead_f = gray.reshape(-1, h, w), lo.reshape(-1), hi.reshape(-1), dead.reshape(-1)
+    side = cfg.hash_size * cfg.highfreq_factor
+    bits = np.empty((len(g), cfg.bits), dtype=bool)
+    pixels = np.empty((len(g), h, w), dtype=np.float64) if return_pixels else None
+    for s in range(0, len(g), chunk):
+        sl = slice(s, s + chunk)
+        px = _scale(g[sl], lo_f[sl], hi_f[sl], dead_f[sl], cfg.quantize)
+        bits[sl] = _hash_chunk(px, cfg.method, cfg.hash_size, side)
+        if pixels is not None:
+            pixels[sl] = px
+    bits[dead_f] = False
+    return (bits.reshape(*lead, cfg.bits), dead,
+            None if pixels is None else pixels.reshape(*lead, h, w))
 
 
 def pack_bits(bits: np.ndarray) -> np.ndarray:
@@ -191,10 +241,29 @@ def popcount(x: np.ndarray) -> np.ndarray:
     return _POPCOUNT8[x.view(np.uint8).reshape(*x.shape, 8)].sum(-1, dtype=np.uint8)
 
 
-def pairwise_hamming(fp: np.ndarray) -> np.ndarray:
-    """Hamming distances between all fingerprints of the last axis: uint64 [..., K] → uint8 [..., K, K]."""
-    fp = np.asarray(fp, dtype=np.uint64)
-    return popcount(fp[..., :, None] ^ fp[..., None, :])
+def pairwise_hamming(fp: np.ndarray, other: np.ndarray | None = None, *, block: int = 64) -> np.ndarray:
+    """Hamming distances between fingerprints: uint64 [..., K] (× [..., L]) → uint8 [..., K, L].
+
+    XOR + popcount, ``block`` rows at a time into preallocated buffers (the
+    XOR buffer stays in cache; no temporaries of the full K×L size).
+    """
+    a = np.asarray(fp, dtype=np.uint64)
+    b = a if other is None else np.asarray(other, dtype=np.uint64)
+    lead = np.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+    a = np.broadcast_to(a, (*lead, a.shape[-1]))
+    b = np.broadcast_to(b, (*lead, b.shape[-1]))
+    k, m = a.shape[-1], b.shape[-1]
+    out = np.empty((*lead, k, m), dtype=np.uint8)
+    buf = np.empty((*lead, min(block, k), m), dtype=np.uint64)
+    for s in range(0, k, block):
+        e = min(s + block, k)
+        x = buf[..., : e - s, :]
+        np.bitwise_xor(a[..., s:e, None], b[..., None, :], out=x)
+        if hasattr(np, "bitwise_count"):
+            np.bitwise_count(x, out=out[..., s:e, :])
+        else:
+            out[..., s:e, :] = popcount(x)
+    return out
 
 
 # --------------------------------------------------------------------------- one layer
@@ -222,9 +291,7 @@ def fingerprints(recon: np.ndarray, cfg: SimilarityConfig) -> tuple[np.ndarray, 
         raise DataError(f"reconstructions: expected [N_probe, K, C, H, W], got shape {recon.shape}")
     if not np.isfinite(recon).all():
         raise DataError("reconstructions contain NaN or inf; recompute them (visualize stage)")
-    pixels, dead = scale_to_255(to_gray(recon), dead_rel_tol=cfg.dead_rel_tol, quantize=cfg.quantize)
-    bits = phash_bits(pixels, cfg.method, hash_size=cfg.hash_size, highfreq_factor=cfg.highfreq_factor)
-    bits[dead] = False
+    bits, dead, pixels = hash_maps(recon, cfg, return_pixels=True)
     return bits, dead, pixels
 
 

@@ -27,6 +27,7 @@ from cnnvis.data import TensorData
 log = logging.getLogger(__name__)
 
 Progress = Callable[..., Iterable]
+PRENORMALIZE_BYTES = 1 << 30
 
 
 def _no_progress(iterable: Iterable, **_: Any) -> Iterable:
@@ -68,7 +69,7 @@ def normalize_batch(xb_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) 
 
 
 def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
-    """Random crop (zero padding, in [0,1] pixel units) and/or horizontal flip, per image. x: N×C×H×W."""
+    """Random crop and/or horizontal flip, per image, on normalized N×C×H×W (pads with 0 = the mean pixel)."""
     n, c, h, w = x.shape
     if "crop" in cfg.augment and cfg.crop_padding > 0:
         p = cfg.crop_padding
@@ -184,7 +185,15 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig, hw: HardwareConf
         log.info("resuming after epoch %d", start_epoch)
     mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
-    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    train_y = data.train_y.to(device)
+    # normalize once when the float copy is small (< 1 GiB); else per batch from uint8
+    prenormalized = data.train_x.numel() * 4 < PRENORMALIZE_BYTES
+    if prenormalized:
+        train_x = normalize_batch(data.train_x.to(device), mean, std)
+        if hw.channels_last:
+            train_x = train_x.contiguous(memory_format=torch.channels_last)
+    else:
+        train_x = data.train_x.to(device)
     num_classes = len(data.classes)
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -200,20 +209,25 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig, hw: HardwareConf
         batches = range(0, n, cfg.batch_size)
         for i in progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, leave=False):
             idx = perm[i : i + cfg.batch_size]
-            xb = train_x[idx].float().div_(255.0)
+            xb = train_x[idx] if prenormalized else normalize_batch(train_x[idx], mean, std)
             if cfg.augment != "none":
                 xb = augment(xb, cfg, g)
-            xb = (xb - mean) / std
-            if hw.channels_last:
+            if hw.channels_last and not prenormalized:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             yb = train_y[idx]
-            with torch.autocast(device.type, enabled=use_amp):
+            opt.zero_grad(set_to_none=True)
+            if use_amp:
+                with torch.autocast(device.type):
+                    logits = step_model(xb)
+                    loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
                 logits = step_model(xb)
                 loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+                loss.backward()
+                opt.step()
             sched.step()
             loss_sum += loss.detach() * len(idx)
             correct += (logits.argmax(1) == yb).sum()

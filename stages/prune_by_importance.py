@@ -215,7 +215,7 @@ def run(model: torch.nn.Module, state: dict, test_u8: torch.Tensor, test_y: torc
                               "max": float(v.max()), "dead_filters": int((v == 0).sum()),
                               "same_class_mean": float(relevance[n].mean()), "other_class_mean": float(other[n].mean()),
                               "correct_inputs_mean": float(torch.diagonal(right[n], dim1=0, dim2=1).mean()),
-                              "wrong_inputs_mean": float(torch.diagonal(wrong[n], dim1=0, dim2=1)[stats.counts[0] > 0].mean())
+                              "wrong_inputs_mean": float(torch.diagonal(wrong[n], dim1=0, dim2=1)[:, stats.counts[0] > 0].mean())
                               if bool((stats.counts[0] > 0).any()) else None}
                           for n, v in overall.items()},
         },

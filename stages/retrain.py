@@ -9,8 +9,6 @@
         --rows reports/tables/table1_rows/fashion_mnist.json \
         --figures reports/figures/fashion_mnist/adjusted
 
-    python -m stages.retrain --aggregate reports/tables/table1_rows --table reports/tables/table1.md
-
 Per seed (``adjust.seeds`` seeds from ``train.seed``): the adjusted model, the
 control (every layer widened/narrowed by one shared factor to the adjusted
 model's parameter count: the same capacity change without pHash guidance) and,
@@ -20,8 +18,8 @@ control gets them too, the "before" column does not). The first seed's models
 are kept. Paper 1 Fig 13 / 14 are drawn from the adjusted model.
 
 Table I is cross-dataset while this stage runs once per dataset (foreach), so
-each run writes its own row file and the non-foreach stage ``table1`` (the
-``--aggregate`` form) joins the rows of the selected datasets into one table.
+each run writes its own row file and the non-foreach stage ``table1``
+(stages/table1.py) joins the rows of the selected datasets into one table.
 """
 
 from __future__ import annotations
@@ -46,9 +44,6 @@ PARAMS = ("train", "similarity", "adjust")
 INPUTS = ("--data", "--adjusted", "--baseline-metrics", "--recon")
 OUTPUTS = ("--out", "--control-out", "--metrics", "--rows", "--figures")
 SCRATCH = ("--resume-dir",)
-TABLE_PARAMS = ("dataset",)
-TABLE_INPUTS = ("--aggregate",)
-TABLE_OUTPUTS = ("--table",)
 
 log = logging.getLogger("cnnvis.retrain")
 
@@ -171,7 +166,9 @@ def retrain(args: argparse.Namespace) -> None:
                              "control_model": to_dict(control_cfg), "recipe": to_dict(recipe),
                              "train_overrides": overrides, "test": runs["after"][0]["test"] if runs["after"] else None,
                              "top1": result.get("after"), "control_top1": result.get("control"),
-                             "before_top1": result.get("before"), "parameters": params_count, "widths": widths,
+                             "before": {"top1": result["before"]["mean"], **result["before"]},
+                             "control": {"top1": result["control"]["mean"], **result["control"]},
+                             "parameters": params_count, "widths": widths,
                              "runs": runs, "similarity_after": similarity_after})
     save_json(args.rows, row)
     log.info("%s: before %s, after %s, control %s (test top-1 %%, n=%d)", args.dataset, result.get("before"),
@@ -237,42 +234,22 @@ def table1_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def aggregate(args: argparse.Namespace) -> None:
-    params = Params.load(args.params, TABLE_PARAMS)
-    selected = list(params.raw("dataset") or {})
-    order = [d for d in PAPER_ORDER if d in selected] + sorted(d for d in selected if d not in PAPER_ORDER)
-    rows = [load_json(args.aggregate / f"{d}.json") for d in order]
-    save_text(args.table, table1_markdown(rows))
-
-
 @stage_main("retrain")
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset")
-    p.add_argument("--data", type=Path)
-    p.add_argument("--adjusted", type=Path)
-    p.add_argument("--baseline-metrics", type=Path)
-    p.add_argument("--recon", type=Path)
-    p.add_argument("--out", type=Path)
-    p.add_argument("--control-out", type=Path)
-    p.add_argument("--metrics", type=Path)
-    p.add_argument("--rows", type=Path, help="this dataset's Table I row (JSON)")
-    p.add_argument("--figures", type=Path, help="directory of Fig 13 / 14")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--adjusted", required=True, type=Path)
+    p.add_argument("--baseline-metrics", required=True, type=Path)
+    p.add_argument("--recon", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--control-out", required=True, type=Path)
+    p.add_argument("--metrics", required=True, type=Path)
+    p.add_argument("--rows", required=True, type=Path, help="this dataset's Table I row (JSON)")
+    p.add_argument("--figures", required=True, type=Path, help="directory of Fig 13 / 14")
     p.add_argument("--resume-dir", type=Path, default=Path("data/resume"))
-    p.add_argument("--aggregate", type=Path, help="table mode: directory of row files <dataset>.json")
-    p.add_argument("--table", type=Path, help="table mode: the Markdown table to write")
     add_common_args(p)
     args = p.parse_args(argv)
-    if args.aggregate is not None:
-        if args.table is None:
-            p.error("--aggregate needs --table")
-        aggregate(args)
-        return
-    missing = [f"--{k.replace('_', '-')}" for k in ("dataset", "data", "adjusted", "baseline_metrics", "recon", "out",
-                                                    "control_out", "metrics", "rows", "figures")
-               if getattr(args, k) is None]
-    if missing:
-        p.error(f"missing {', '.join(missing)}")
     retrain(args)
 
 

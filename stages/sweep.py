@@ -120,15 +120,20 @@ def run_job(params: dict[str, Any], job_dir: Path, wanted: Sequence[str] | None,
                 t0 = time.perf_counter()
                 entry = {"stage": name, "status": "ok"}
                 record["stages"].append(entry)
-                for module, args in stage_calls(stages[name]["cmd"]):
-                    if "--params" not in args:
-                        args = [*args, "--params", "params.yaml"]
-                    try:
-                        importlib.import_module(module).main(args)
-                    except SystemExit as e:  # stage_main turns a user error into exit 2 after printing it
-                        if e.code not in (0, None):
-                            raise RuntimeError(f"stage {name} exited with {e.code} (its error is printed above)") from None
-                entry["seconds"] = round(time.perf_counter() - t0, 2)
+                try:
+                    for module, args in stage_calls(stages[name]["cmd"]):
+                        if "--params" not in args:
+                            args = [*args, "--params", "params.yaml"]
+                        try:
+                            importlib.import_module(module).main(args)
+                        except SystemExit as e:  # stage_main turns a user error into exit 2 after printing it
+                            if e.code not in (0, None):
+                                raise RuntimeError(f"stage {name} exited with {e.code} (its error is printed above)") from None
+                except Exception:
+                    entry["status"] = "failed"
+                    raise
+                finally:
+                    entry["seconds"] = round(time.perf_counter() - t0, 2)
     except Exception as e:
         record["status"] = "failed"
         record["error"] = f"{type(e).__name__}: {e}"

@@ -70,7 +70,7 @@ def fit(data_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, hw: Hard
 
         live_tmp = live_dir.with_name(f".{live_dir.name}.tmp")
         shutil.rmtree(live_tmp, ignore_errors=True)
-        live = Live(dir=str(live_tmp), dvcyaml=None, save_dvc_exp=False, report=None)
+        live = Live(dir=str(live_tmp), dvcyaml=False, save_dvc_exp=False, report=None)
         for row in (resume or {}).get("history", []):
             _log_live(live, row)
 

@@ -149,11 +149,11 @@ def main(argv: list[str] | None = None) -> None:
     settle = E.settle_epochs(own, tuple(recorder.epochs), own[-1], cfg.settle_threshold)
     per_class_settle: list[float | None] = []
     for c in range(num_classes):
-        values = [s for s, y in zip(settle, probe_y.tolist()) if y == c]
+        values = [s for s, y in zip(settle, probe_y.tolist(), strict=True) if y == c]
         # a class has settled once all its probes have; None = some probe never did
         per_class_settle.append(None if not values or None in values else max(values))
     acc = test["per_class_top1"]
-    pairs = [(s, a) for s, a in zip(per_class_settle, acc) if s is not None and a is not None]
+    pairs = [(s, a) for s, a in zip(per_class_settle, acc, strict=True) if s is not None and a is not None]
     settle_vs_acc = E.spearman([s for s, _ in pairs], [a for _, a in pairs])
     study = E.map_study(maps, logits, td.test_y)
     per_image = study.pop("per_image")
@@ -177,11 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     # ---- outputs
     save_checkpoint(args.out, model, model_cfg, spec, encdec=to_dict(cfg), dataset=raw.name, tag="encdec",
                     test_top1=test["top1"], history=result.history)
-    with atomic_path(args.snapshots) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, epochs=np.asarray(recorder.epochs), probe_index=probe_idx.numpy(), probe_label=probe_y.numpy(),
-                     own_maps=own.numpy(), predicted=snaps.mean((3, 4)).argmax(2).numpy(),
-                     classes=np.asarray(classes))
+    with atomic_path(args.snapshots) as tmp, open(tmp, "wb") as f:
+        np.savez(f, epochs=np.asarray(recorder.epochs), probe_index=probe_idx.numpy(), probe_label=probe_y.numpy(),
+                 own_maps=own.numpy(), predicted=snaps.mean((3, 4)).argmax(2).numpy(), classes=np.asarray(classes))
     metrics = {
         "dataset": raw.name, "model": "encdec", "config": to_dict(cfg),
         "image_size": spec["image_size"], "map_side": int(maps.shape[-1]),

@@ -164,7 +164,7 @@ def run(model: torch.nn.Module, spec: dict, test_u8: torch.Tensor, test_y: torch
     x_cam, y_cam = images(cam_idx), test_y[cam_idx]
     with torch.no_grad():
         pred = model.eval()(x_cam).argmax(1)
-    rows = [f"#{i}: {classes[int(y)]}\n(pred. {classes[int(p)]})" for i, y, p in zip(cam_idx.tolist(), y_cam, pred)]
+    rows = [f"#{i}: {classes[int(y)]}\n(pred. {classes[int(p)]})" for i, y, p in zip(cam_idx.tolist(), y_cam, pred, strict=True)]
     fig7 = {f"Grad-CAM at {n1}\n(first conv)": A.GradCAM(model, conv1).attribute(x_cam, y_cam),
             f"Grad-CAM at {nlast}\n(last conv)": A.GradCAM(model, convs[-1][1]).attribute(x_cam, y_cam)}
     figures["p1_fig07_gradcam_first_vs_last"] = P.method_columns(
@@ -262,9 +262,8 @@ def main(argv: list[str] | None = None) -> None:
             metrics["timings"]["synthesis_s"] = round(time.perf_counter() - t0, 2)
         else:
             log.warning("stages/_viz_synthesis.py not found: feature synthesis and activation figures skipped")
-        with atomic_path(args.recon) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **recon)
+        with atomic_path(args.recon) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **recon)
     save_json(args.metrics, {"dataset": args.dataset, "checkpoint": str(args.model), "config": to_dict(cfg),
                              "test_top1_checkpoint": state.get("test_top1"), **metrics})
     log.info("%s: figures in %s, reconstructions %s", args.dataset, args.figures, args.recon)

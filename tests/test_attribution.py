@@ -126,6 +126,22 @@ def test_project_feature_maps_equals_captum_neuron_deconvolution(model, images, 
             torch.testing.assert_close(proj[:, k], nd.attribute(images, sel), atol=ATOL, rtol=0)
 
 
+def test_project_feature_maps_strided_dilated_rgb_equals_captum():
+    from captum.attr import NeuronDeconvolution
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 6, 4, stride=2, padding=1, dilation=2), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(6, 3)).eval()
+    x = torch.randn(2, 3, 17, 17)
+    for layer in (model[0], model[2]):  # grouped route (3 input channels) and per-map route (8)
+        proj = project_feature_maps(model, layer, x, mode="max")
+        nd = NeuronDeconvolution(model, layer)
+        for k in range(layer.out_channels):
+            ref = nd.attribute(x, lambda out, k=k: 0.5 * out[:, k].flatten(1).max(1).values.pow(2))
+            torch.testing.assert_close(proj[:, k], ref, atol=ATOL, rtol=0)
+
+
 def test_project_feature_maps_channels_chunks_and_rectify(images):
     model = _model("p1_cnn")
     conv2 = model.features.conv2
@@ -163,6 +179,12 @@ def test_guided_gradcam_equals_captum(model, images):
     ref = GuidedGradCam(model, layer).attribute(images, TARGETS, interpolate_mode="bilinear")
     assert ref.abs().max() > 0
     torch.testing.assert_close(ours, ref, atol=ATOL, rtol=0)
+
+
+def test_guided_gradcam_is_guided_backprop_times_gradcam(model, images):
+    layer = conv_layers(model)[-1][1]
+    expect = GuidedBackprop(model).attribute(images, TARGETS) * GradCAM(model, layer).attribute(images, TARGETS)
+    torch.testing.assert_close(GuidedGradCAM(model, layer).attribute(images, TARGETS), expect, atol=ATOL, rtol=0)
 
 
 def test_gradcam_equals_pytorch_grad_cam_after_its_normalization(model, images):

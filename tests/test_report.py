@@ -31,12 +31,18 @@ def tiny_png(rgb: tuple[int, int, int] = (40, 120, 200), size: int = 4) -> bytes
             + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
+# the shapes the stages write (train_baseline, retrain, prune_by_importance), values made up
 FIXTURE_METRICS = {
     "baseline.json": {"dataset": "mnist", "test": {"top1": 98.5, "top5": 99.9}, "epochs": 3, "seed": 0,
-                      "train_seconds": 12.5, "threads": 1, "history": [{"epoch": 1}], "classes": ["0", "1"]},
-    "adjusted.json": {"test": {"top1": 99.0}, "before": {"top1": 98.5}, "epochs": 3, "seed": 0, "seconds": 20.0},
-    "prune.json": {"seconds": 4.0, "seed": 0, "epochs": 3, "per_class": [
-        {"class": "3", "initial_error": 2.0, "least_removed_error": 2.0, "most_removed_error": 7.5}]},
+                      "train_seconds": 12.5, "threads": 1, "history": [{"epoch": 1}],
+                      "classes": ["zero", "one", "two", "three"]},
+    "adjusted.json": {"test": {"top1": 99.1}, "top1": {"mean": 99.0, "std": 0.1, "n": 2, "values": [98.9, 99.1]},
+                      "before_top1": {"mean": 98.5, "std": 0.0, "n": 1, "values": [98.5]},
+                      "control_top1": {"mean": 98.8, "std": 0.2, "n": 2, "values": [98.6, 99.0]},
+                      "recipe": {"epochs": 4}, "seconds": 20.0},
+    "prune.json": {"seconds": 4.0, "per_class_table": {"layer": "features.conv1", "rows": [
+        {"class": 3, "n": 10, "error": 2.0, "least_filter": 1, "error_least_removed": 2.0, "most_filter": 5,
+         "error_most_removed": 7.5}]}},
 }
 FIGURES = ("p1_fig08_gradcam.png", "p1_fig05a_map7.png", "p2_fig02_maps.png", "beyond_randomization.png")
 
@@ -93,7 +99,7 @@ def test_reference_holds_the_papers_numbers():
     p4 = _paper(ref, "p4_table1")
     assert [(p4[k]["top1"], p4[k]["top5"]) for k in ("baseline", "pretrained", "proposed")] == [
         (52.80, 73.31), (69.76, 89.08), (53.78, 61.09)]
-    assert _paper(ref, "p4_perturbation")["grayscale"]["top1"] == 45.52
+    assert _paper(ref, "p4_perturbation")["grayscale_encdec"]["top1"] == 45.52
 
 
 def test_reference_rows_are_well_formed():
@@ -106,7 +112,7 @@ def test_reference_rows_are_well_formed():
             assert set(row) <= allowed, (t["id"], row)
             assert all(isinstance(row[c], (int, float)) for c in t["columns"] if c in row), row
     keys = [k for f in ref["figures"] for k in (f["key"] if isinstance(f["key"], list) else [f["key"]])]
-    assert len(keys) == len(set(keys)) and all(re.fullmatch(r"p[1-4]_\w+", k) for k in keys)
+    assert len(keys) == len(set(keys)) and all(re.fullmatch(r"(p[1-4]_|[a-z]+/)\w+", k) for k in keys)
 
 
 def test_every_reference_number_is_printed_in_its_paper():
@@ -141,10 +147,13 @@ def test_comparison_table_puts_ours_beside_the_paper_with_delta_on_the_same_data
     t = R.comparison_table(spec, {"mnist": FIXTURE_METRICS, "digits": {}})
     ours = [r for r in t.rows if r.who == "ours"]
     assert [r.dataset for r in ours] == ["mnist", "digits"]
-    assert ours[0].values == {"before": 98.5, "after": 99.0}
-    assert ours[0].delta == pytest.approx({"before": 98.5 - 98.07, "after": 99.0 - 99.42})
-    assert (ours[0].seeds, ours[0].epochs) == ("0", "3")
-    assert ours[1].values == {"before": None, "after": None} and R.MISSING in ours[1].label
+    assert ours[0].values == {"before": 98.5, "after": 99.0, "control": 98.8}
+    assert ours[0].delta == pytest.approx({"before": 98.5 - 98.07, "after": 99.0 - 99.42})  # no paper control
+    assert ours[0].spread == {"before": (0.0, 1), "after": (0.1, 2), "control": (0.2, 2)}
+    assert (ours[0].seeds, ours[0].epochs) == ("2 seeds", "4")
+    _, cells = R.table_cells(t, 2)
+    assert cells[3][3:6] == ["98.50 (n=1), Δ +0.43", "99.00 ± 0.10 (n=2), Δ -0.42", "98.80 ± 0.20 (n=2)"]
+    assert set(ours[1].values.values()) == {None} and R.MISSING in ours[1].label
     assert t.has_ours
 
 
@@ -153,14 +162,17 @@ def test_rows_from_a_per_class_list_and_a_missing_stage():
     spec = next(t for t in ref["tables"] if t["id"] == "p3_pruning")
     t = R.comparison_table(spec, {"mnist": FIXTURE_METRICS, "digits": {}})
     ours = [r for r in t.rows if r.who == "ours"]
-    assert (ours[0].label, ours[0].values) == ("3", {"initial": 2.0, "least": 2.0, "most": 7.5})
+    assert (ours[0].label, ours[0].values) == ("three", {"initial": 2.0, "least": 2.0, "most": 7.5})
+    assert (ours[0].seeds, ours[0].epochs) == ("0", "3")
     assert ours[1].label == R.MISSING and set(ours[1].values.values()) == {None}
     # a mapping keyed by name works as well as a list
     spec2 = next(t for t in ref["tables"] if t["id"] == "p4_perturbation")
-    t2 = R.comparison_table(spec2, {"tiny_imagenet": {"perturbation.json": {"perturbations": {
-        "grayscale": {"top1": 40.0}, "blur3": {"top1": 50.0}}}}})
-    gray = next(r for r in t2.rows if r.who == "ours" and r.key == "grayscale")
-    assert gray.delta == pytest.approx({"top1": 40.0 - 45.52})
+    rows = [{"perturbation": p, "label": p, "model": m, "top1": v}
+            for p, m, v in (("grayscale", "encdec", 40.0), ("grayscale", "baseline", 30.0), ("blur3", "encdec", 50.0))]
+    t2 = R.comparison_table(spec2, {"tiny_imagenet": {"perturbation.json": {"rows": rows, "seed": 0}}})
+    ours2 = {r.key: r for r in t2.rows if r.who == "ours"}
+    assert ours2["grayscale_encdec"].delta == pytest.approx({"top1": 40.0 - 45.52})  # the paper's model only
+    assert ours2["grayscale_baseline"].delta == {} and ours2["blur3_encdec"].label == "blur3 — encdec"
 
 
 def test_figures_go_under_the_longest_matching_key_and_missing_ones_are_listed():
@@ -212,7 +224,7 @@ def test_report_stage_writes_page_results_and_readme_block(tmp_path):
         assert f'data-table="{t["id"]}"' in html
         assert t["title"] in md
     assert html.count("data:image/png;base64,") == len(FIGURES)
-    assert "98.50 (+0.43)" in md  # ours beside the paper's MNIST 98.07
+    assert "98.50 (n=1), Δ +0.43" in md  # ours beside the paper's MNIST 98.07
     assert "Missing for mnist" in html  # e.g. Fig. 7 has no file
     assert "gradcam" in md and "rank correlation" in md  # beyond table (CSV) in Markdown too
     assert "sha256" in md and "Time per stage" in md
@@ -241,7 +253,16 @@ def test_readme_results_block_equals_results_md():
     readme, results = ROOT / "README.md", ROOT / "reports" / "RESULTS.md"
     if not readme.exists() or R.extract_block(readme.read_text()) is None:
         pytest.skip("README.md has no results markers yet")
+    if not results.exists() and not R.extract_block(readme.read_text()).strip():
+        pytest.skip("no report generated yet (empty README block, no reports/RESULTS.md): run `dvc repro`")
     assert results.exists(), "README.md has a results block but reports/RESULTS.md is missing: run `dvc repro report`"
     assert R.extract_block(readme.read_text()) == R.extract_block(results.read_text()), (
         "README.md's results block differs from reports/RESULTS.md: run "
         "`python -m stages.report --readme README.md --readme-only`")
+
+
+def test_stage_table_headings_sit_below_the_page_headings():
+    text = "# Table 1 — x\n\n| a |\n|---|\n| 1 |\n\n```\n# not a heading\n```\n"
+    assert "<h4>Table 1 — x</h4>" in R.parse_stage_table("t.md", text) and "<table>" in R.parse_stage_table("t.md", text)
+    md = R.stage_table_markdown("t.md", text)
+    assert md.startswith("#### Table 1 — x") and "\n# not a heading\n" in md

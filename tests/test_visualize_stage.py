@@ -11,8 +11,9 @@ import yaml
 from cnnvis import data as D
 from cnnvis.config import ModelConfig
 from cnnvis.io import save_checkpoint
-from conftest import ROOT
 from stages import visualize as V
+
+from conftest import ROOT
 
 CI = {"feature_map_images": 4, "gradcam_images": 3, "probe_images": 3, "eval_images": 6, "faithfulness_steps": 4}
 
@@ -40,9 +41,25 @@ def _args(tmp_path, **over):
     return [str(x) for kv in a.items() for x in kv]
 
 
-def test_visualize_stage_writes_figures_recon_and_metrics(setup):
+class FakeSynthesis:
+    """Stands in for stages/_viz_synthesis.py: the stage must call run() and merge its metrics."""
+
+    PARAMS = ()
+    calls: list = []
+
+    @classmethod
+    def run(cls, model, spec, images_u8, labels, params, fig_dir):
+        cls.calls.append((images_u8.dtype, len(labels), fig_dir))
+        (fig_dir / "p2_fake.png").write_bytes(b"png")
+        return {"fake_metric": 1.5}
+
+
+def test_visualize_stage_writes_figures_recon_and_metrics(setup, monkeypatch):
     tmp_path, test = setup
+    monkeypatch.setattr(V, "SYNTHESIS", FakeSynthesis)  # the real module is tested by its own tests
     V.main(_args(tmp_path))
+    assert str(FakeSynthesis.calls[0][0]) == "torch.uint8" and FakeSynthesis.calls[0][1] == 30
+    assert (tmp_path / "figs" / "p2_fake.png").exists()
     names = sorted(p.name for p in (tmp_path / "figs").glob("*.png"))
     for prefix in ("p1_fig02", "p1_fig03", "p1_fig04", "p1_fig05a", "p1_fig05b", "p1_fig06", "p1_fig07", "p1_fig08",
                    "beyond_randomization", "beyond_deletion_insertion"):
@@ -61,6 +78,7 @@ def test_visualize_stage_writes_figures_recon_and_metrics(setup):
         assert 0 <= v["deletion_auc_mean"] <= 1 and 0 <= v["insertion_auc_mean"] <= 1 and v["n"] == 6
     assert set(m["class_sensitivity"]) == {"saliency", "deconvnet", "guided_backprop", "gradcam", "guided_gradcam"}
     assert [s["layer"] for s in m["randomization"]["gradcam"]][0] == "classifier.fc"
+    assert m["synthesis"] == {"fake_metric": 1.5}
 
 
 def test_visualize_bad_class_is_one_line(setup, capsys):

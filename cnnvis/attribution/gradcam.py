@@ -41,14 +41,17 @@ class GradCAM:
             if acts is None or acts.ndim != 4:
                 raise ValueError("GradCAM layer must be reached by the forward pass and output N×K×h×w maps")
             (grads,) = torch.autograd.grad(target_score(logits, as_targets(target, logits)), acts)
+        return self.map_from(acts.detach(), grads, x.shape[2:])
+
+    def map_from(self, acts: torch.Tensor, grads: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        """Eq. (1) from the layer's activations A and gradients ∂y^c/∂A ([N, K, h, w] each)."""
         alpha = grads.mean(dim=(2, 3), keepdim=True)  # α_k^c: [N, K, 1, 1]
-        cam = (alpha * acts.detach()).sum(dim=1, keepdim=True)  # [N, 1, h, w]
+        cam = (alpha * acts).sum(dim=1, keepdim=True)  # [N, 1, h, w]
         if self.relu:
             cam = cam.clamp(min=0)
         if self.interpolate is not None:
-            cam = F.interpolate(cam, size=x.shape[2:], mode=self.interpolate)
+            cam = F.interpolate(cam, size=size, mode=self.interpolate)
         return cam
-
 
 def minmax_per_image(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Each map scaled to [0, 1] (pytorch-grad-cam's convention: (m − min) / (max − min + eps))."""

@@ -6,6 +6,8 @@ The base of saliency (rule None), guided backprop ("guided") and deconvnet
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -24,8 +26,8 @@ class InputGradient:
         self.model = model
 
     def attribute(self, images: torch.Tensor, target: Target = None) -> torch.Tensor:
-        with model_state_guard(self.model, eval_mode=True, frozen=True), relu_rule(self.model, self.rule), \
-                torch.enable_grad():
+        rule = relu_rule(self.model, self.rule) if self.rule is not None else contextlib.nullcontext()
+        with model_state_guard(self.model, eval_mode=True, frozen=True), rule, torch.enable_grad():
             x = as_input(images)
             logits = self.model(x)
             (grad,) = torch.autograd.grad(target_score(logits, as_targets(target, logits)), x)

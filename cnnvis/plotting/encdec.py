@@ -115,7 +115,7 @@ def study(per_class_settle: list[float | None], per_class_top1: list[float | Non
     """The measured section 5: settle epoch vs accuracy, similarity correct vs wrong, confidence vs sharpness."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     ax = axes[0]
-    for s, a, name in zip(per_class_settle, per_class_top1, classes):
+    for s, a, name in zip(per_class_settle, per_class_top1, classes, strict=True):
         if s is not None and a is not None:
             ax.scatter(s, a, color="tab:blue")
             ax.annotate(name, (s, a), fontsize=6, xytext=(2, 2), textcoords="offset points")

@@ -24,8 +24,7 @@ def similarity_matrix_figure(mean: np.ndarray, *, title: str, threshold: float,
     show = np.array(mean, dtype=float)
     show[np.tril_indices(k)] = np.nan  # upper-triangular, as the paper draws it
     fig, ax = plt.subplots(figsize=(7.2, 6.2), dpi=110)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("white")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="white")
     im = ax.imshow(show, cmap=cmap, vmin=0.3, vmax=1.0, interpolation="nearest")
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     cb.set_label("pHash similarity = 1 − Hamming/64 (mean over probe images)")

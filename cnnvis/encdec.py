@@ -306,7 +306,11 @@ def map_study(maps: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) ->
         "confidence_vs_sharpness": {
             "peak_to_mean": spearman(conf, sharp["peak_to_mean"]),
             "entropy": spearman(conf, sharp["entropy"]),
-            "what": "Spearman rho between P_k of the predicted class and its map's peak-to-mean ratio / entropy",
+            # pooled rho mixes classes whose maps differ in shape; within a predicted class it does not
+            "peak_to_mean_within_class": [spearman(conf[pred == k], sharp["peak_to_mean"][pred == k])["rho"]
+                                          for k in range(c)],
+            "what": "Spearman rho between P_k of the predicted class and its map's peak-to-mean ratio / entropy "
+                    "(pooled, and per predicted class)",
         },
         "per_image": {"similarity": sims, "confidence": conf, "peak_to_mean": sharp["peak_to_mean"],
                       "entropy": sharp["entropy"], "correct": correct},

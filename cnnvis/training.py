@@ -133,10 +133,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total_steps, 1),
-                                                   pct_start=cfg.warmup_fraction, anneal_strategy="linear",
-                                                   cycle_momentum=False)
+    if cfg.schedule == "onecycle" and total_steps >= 4:
+        # each of OneCycleLR's two phases needs >= 2 steps (it divides by the phase length - 1)
+        pct = min(max(cfg.warmup_fraction, 2 / total_steps), 1 - 2 / total_steps)
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=pct,
+                                                   anneal_strategy="linear", cycle_momentum=False)
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1))
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)

@@ -29,7 +29,7 @@ from stages._common import Params, add_common_args, stage_main
 
 PARAMS = ("perturb",)
 MODEL_FLAGS = ("baseline", "adjusted", "pruned", "encdec")
-INPUTS = ("--data", "--baseline", "--encdec")  # the model flags dvc.yaml passes (their stages exist)
+INPUTS = ("--data", "--baseline", "--adjusted", "--pruned", "--encdec")  # each path given must be a dep
 OUTPUTS = ("--metrics", "--table", "--figures")
 
 log = logging.getLogger("cnnvis.perturbation_eval")

@@ -206,7 +206,7 @@ def run(model: torch.nn.Module, spec: dict, test_u8: torch.Tensor, test_y: torch
     for name in FAITHFULNESS_METHODS:
         c = F.deletion_insertion(model, x_ev, F.pixel_importance(maps[name]), y_ev, steps=cfg.faithfulness_steps,
                                  deletion_baseline=cfg.deletion_baseline, insertion_baseline=cfg.insertion_baseline,
-                                 blur_sigma=cfg.blur_sigma)
+                                 blur_sigma=cfg.blur_sigma, black=-torch.tensor(mean) / torch.tensor(std))
         curves[name] = {"deletion": c.deletion.numpy(), "insertion": c.insertion.numpy()}
         faith[name] = {"deletion_auc_mean": float(c.deletion_auc.mean()), "deletion_auc_std": float(c.deletion_auc.std()),
                        "insertion_auc_mean": float(c.insertion_auc.mean()),

@@ -338,8 +338,32 @@ def test_blur_baseline_and_pixel_importance():
     x[0, 0, 4, 4] = 1.0
     b = baseline_images(x, "blur", 1.0)
     assert b.shape == x.shape and 0 < b[0, 0, 4, 4] < 1 and abs(b.sum() - 1) < 1e-3  # mass kept, spread
+    black = baseline_images(torch.rand(2, 3, 4, 4), "black", black=torch.tensor([-1.0, -2.0, -3.0]))
+    assert black.shape == (2, 3, 4, 4) and (black[:, 2] == -3.0).all()
+    with pytest.raises(ValueError, match="black"):
+        baseline_images(x, "black")
     a = torch.tensor([[[[1.0, -2.0]], [[-3.0, 0.5]]]])  # [1, 2, 1, 2]
     torch.testing.assert_close(pixel_importance(a), torch.tensor([[[4.0, 2.5]]]))
+
+
+@pytest.mark.parametrize("sigma", [0.7, 2.0, 5.0])
+def test_gaussian_blur_equals_torchvision(sigma):
+    from torchvision.transforms.functional import gaussian_blur as tv_blur
+
+    from cnnvis.attribution.faithfulness import gaussian_blur
+
+    x = torch.rand(2, 3, 28, 20, generator=torch.Generator().manual_seed(0))
+    k = min(2 * int(np.ceil(3 * sigma)) + 1, 19)
+    torch.testing.assert_close(gaussian_blur(x, sigma), tv_blur(x, [k, k], [sigma, sigma]), atol=1e-6, rtol=0)
+
+
+def test_average_ranks_equal_scipy_rankdata():
+    from scipy.stats import rankdata
+
+    from cnnvis.attribution.sanity import average_ranks
+
+    a = torch.randint(0, 5, (4, 30), generator=torch.Generator().manual_seed(0)).float()  # many ties
+    np.testing.assert_array_equal(average_ranks(a).numpy(), rankdata(a.numpy(), axis=1))
 
 
 def test_spearman_rows_matches_scipy_and_handles_constant_rows():

@@ -79,3 +79,12 @@ def test_screenshot_is_not_blank(page, tmp_path):
     assert colors is None or len(colors) > 50, f"screenshot has only {len(colors)} colours"
     # the dark header band and the light body are both there (the CSS applied)
     assert img.getpixel((10, 10)) != img.getpixel((10, 1500))
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("true", pytest.fail.Exception), ("", pytest.skip.Exception)])
+def test_missing_chromium_fails_in_ci_and_skips_locally(monkeypatch, ci, outcome):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="apt-get install -y chromium"):
+        _chromium()

@@ -149,3 +149,49 @@ def test_map_study_separates_correct_and_wrong():
     assert sim["correct"]["n"] == 38 and sim["wrong"]["n"] == 2
     assert sim["correct"]["mean"] > 0.9 > sim["wrong"]["mean"]
     assert study["confidence_vs_sharpness"]["peak_to_mean"]["n"] == n
+
+
+def test_stage_end_to_end_tiny(tmp_path):
+    from cnnvis.io import load_checkpoint, load_json
+    from stages import train_encdec as stage
+
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "raw" / "toy"
+    raw.mkdir(parents=True)
+    for split, n in (("train", 48), ("test", 24)):
+        with open(raw / f"{split}.npz", "wb") as f:
+            np.savez(f, images=rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+                     labels=np.arange(n, dtype=np.int64) % 3, classes=np.asarray(["a", "b", "c"]))
+    import yaml
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"encdec": {
+        "width_multiplier": 0.125, "snapshot_epochs": [0.5, 1.0, 5.0], "probes_per_class": 1, "examples": 2,
+        "train": {"epochs": 1, "batch_size": 16, "val_size": 0, "schedule": "cosine"}},
+        "hardware": {"progress": "none", "threads": 1}}))
+    out = tmp_path / "out"
+    stage.main(["--dataset", "toy", "--data", str(raw), "--out", str(out / "e.pt"), "--metrics", str(out / "e.json"),
+                "--snapshots", str(out / "s.npz"), "--table", str(out / "t.md"), "--figures", str(out / "figs"),
+                "--params", str(params)])
+    model, state = load_checkpoint(out / "e.pt")
+    assert isinstance(model, E.EncDec) and state["encdec"]["width_multiplier"] == 0.125
+    metrics = load_json(out / "e.json")
+    assert metrics["map_side"] == 8 and metrics["snapshots"]["epochs"] == [0.5, 1.0]  # 5.0 is beyond the run
+    assert metrics["resnet18"]["test"]["n"] == 24 and len(metrics["settle"]["per_class_epoch"]) == 3
+    with np.load(out / "s.npz") as z:
+        assert z["own_maps"].shape == (2, 3, 8, 8)
+    assert "53.78" in (out / "t.md").read_text()
+    assert {p.name for p in (out / "figs").iterdir()} >= {"fig3_5_map_evolution.png", "fig6_correct.png",
+                                                          "fig7_wrong.png", "study.png"}
+
+
+def test_every_attribution_method_runs_and_leaves_the_model_unchanged():
+    attribution = pytest.importorskip("cnnvis.attribution")
+    model = tiny(num_classes=4).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 1, 28, 28)
+    for name, method in attribution.METHODS.items():
+        a = method(model).attribute(x, target=torch.tensor([0, 3]))
+        assert a.shape[0] == 2 and a.shape[-2:] == (28, 28) and torch.isfinite(a).all(), name
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not model._forward_hooks and not model.group_up._forward_pre_hooks

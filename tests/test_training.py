@@ -88,3 +88,19 @@ def test_metrics_top5_and_per_class():
 def test_still_improving():
     assert still_improving([{"val_top1": 80}, {"val_top1": 85}, {"val_top1": 88}])
     assert not still_improving([{"val_top1": 80}, {"val_top1": 90}, {"val_top1": 90.05}, {"val_top1": 90.0}])
+
+
+def test_onecycle_survives_very_short_runs():
+    """A run of a handful of steps (ci subsets, brief search trainings) must not crash the schedule."""
+    from cnnvis.training import make_scheduler
+
+    for steps in range(1, 12):
+        model = fresh_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sched = make_scheduler(opt, CFG, steps)
+        used = []
+        for _ in range(steps):
+            used.append(opt.param_groups[0]["lr"])  # the LR each optimizer step actually uses
+            opt.step()
+            sched.step()
+        assert all(0 <= lr <= 0.1 + 1e-12 for lr in used), used

@@ -21,9 +21,9 @@ class VisualizeConfig:
     max_batch: int = opt(4096, ge=1)  # replicated images per backward pass (memory bound)
     # --- beyond the papers: sanity checks and faithfulness on a test subset
     eval_images: int = opt(64, ge=1)
-    faithfulness_steps: int = opt(28, ge=2)  # curve points (28 = one image row per step at 28 px)
-    deletion_baseline: str = opt("mean", choices=("mean", "blur"))  # mean = the dataset's mean pixel
-    insertion_baseline: str = opt("blur", choices=("mean", "blur"))
+    faithfulness_steps: int = opt(14, ge=2)  # curve points (14 = two image rows of pixels per step at 28 px)
+    deletion_baseline: str = opt("black", choices=("black", "mean", "blur"))  # mean = the dataset's mean pixel
+    insertion_baseline: str = opt("blur", choices=("black", "mean", "blur"))
     blur_sigma: float = opt(2.0, gt=0.0)  # px
     randomization: bool = opt(True)  # cascading model-parameter randomization test
     seed: int = opt(0, ge=0)

@@ -19,7 +19,7 @@ from torch import nn
 
 from cnnvis.hooks import model_state_guard
 
-BASELINES = ("mean", "blur")
+BASELINES = ("black", "mean", "blur")
 
 
 @dataclass(frozen=True)
@@ -39,16 +39,39 @@ def pixel_importance(attr: torch.Tensor) -> torch.Tensor:
     return attr[:, 0] if attr.shape[1] == 1 else attr.abs().sum(1)
 
 
-def baseline_images(images: torch.Tensor, kind: str, blur_sigma: float = 2.0) -> torch.Tensor:
-    """"mean": all zeros (normalized images: the dataset's mean pixel); "blur": Gaussian blur (σ in pixels)."""
+def baseline_images(images: torch.Tensor, kind: str, blur_sigma: float = 2.0,
+                    black: torch.Tensor | None = None) -> torch.Tensor:
+    """The image a pixel is replaced by (or starts from), [N, C, H, W] like ``images``.
+
+    "black": intensity 0, given as its normalized per-channel value ``black`` [C]
+    (= −mean/std); "mean": all zeros (normalized images: the dataset's mean
+    pixel, a gray that adds content on black backgrounds); "blur": Gaussian blur (σ in px).
+    """
+    if kind == "black":
+        if black is None:
+            raise ValueError("baseline 'black' needs the normalized value of intensity 0 per channel (black=)")
+        return black.to(images).view(1, -1, 1, 1).expand_as(images).clone()
     if kind == "mean":
         return torch.zeros_like(images)
     if kind != "blur":
         raise ValueError(f"baseline = {kind!r}: unknown; allowed: {', '.join(BASELINES)}")
-    from torchvision.transforms.functional import gaussian_blur
+    return gaussian_blur(images, blur_sigma)
 
-    k = min(2 * math.ceil(3 * blur_sigma) + 1, 2 * (min(images.shape[-2:]) // 2) - 1)
-    return gaussian_blur(images, [k, k], [blur_sigma, blur_sigma])
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """torchvision's ``gaussian_blur`` (kernel 2·⌈3σ⌉+1 clipped to the image, reflect padding), separable.
+
+    Written out because importing torchvision costs seconds per stage run; equal to it (tested).
+    """
+    k = min(2 * math.ceil(3 * sigma) + 1, 2 * (min(images.shape[-2:]) // 2) - 1)
+    half = (k - 1) * 0.5
+    t = torch.linspace(-half, half, k, dtype=images.dtype, device=images.device)
+    g = torch.exp(-0.5 * (t / sigma) ** 2)
+    g = g / g.sum()
+    c = images.shape[1]
+    x = F.pad(images, (k // 2, k // 2, k // 2, k // 2), mode="reflect")
+    x = F.conv2d(x, g.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
+    return F.conv2d(x, g.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
 
 
 def auc(curve: torch.Tensor) -> torch.Tensor:
@@ -59,8 +82,8 @@ def auc(curve: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def deletion_insertion(model: nn.Module, images: torch.Tensor, importance: torch.Tensor, target: torch.Tensor, *,
-                       steps: int = 28, deletion_baseline: str = "mean", insertion_baseline: str = "blur",
-                       blur_sigma: float = 2.0, batch_size: int = 1024) -> Curves:
+                       steps: int = 14, deletion_baseline: str = "black", insertion_baseline: str = "blur",
+                       blur_sigma: float = 2.0, black: torch.Tensor | None = None, batch_size: int = 1024) -> Curves:
     """Deletion and insertion curves of ``importance`` [N, H, W] for normalized ``images`` [N, C, H, W]."""
     n, c, h, w = images.shape
     if importance.shape != (n, h, w):
@@ -72,7 +95,7 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, importance: torch
     curves = {}
     with model_state_guard(model, eval_mode=True):
         for name, kind in (("deletion", deletion_baseline), ("insertion", insertion_baseline)):
-            base = baseline_images(images, kind, blur_sigma)
+            base = baseline_images(images, kind, blur_sigma, black)
             start, end = (images, base) if name == "deletion" else (base, images)
             probs = []
             for k in counts:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 from torch import nn
 
 from cnnvis.attribution.faithfulness import pixel_importance
@@ -28,19 +27,33 @@ from cnnvis.attribution.faithfulness import pixel_importance
 MethodFactory = Callable[[nn.Module], object]  # model → object with .attribute(images, target)
 
 
+def average_ranks(a: torch.Tensor) -> torch.Tensor:
+    """Ranks 1…D of each row of ``a`` [N, D], ties sharing their average rank (scipy's rankdata "average")."""
+    a = a.double()
+    order = a.argsort(dim=1, stable=True)
+    sorted_a = a.gather(1, order)
+    n, d = a.shape
+    new_run = torch.ones(n, d, dtype=torch.bool)
+    new_run[:, 1:] = sorted_a[:, 1:] != sorted_a[:, :-1]
+    run_id = new_run.cumsum(1) - 1  # [N, D]: index of each sorted value's tie group
+    pos = torch.arange(1, d + 1, dtype=torch.float64).expand(n, d)
+    total = torch.zeros(n, d, dtype=torch.float64).scatter_add_(1, run_id, pos)
+    count = torch.zeros(n, d, dtype=torch.float64).scatter_add_(1, run_id, torch.ones(n, d, dtype=torch.float64))
+    ranks_sorted = (total / count.clamp(min=1)).gather(1, run_id)
+    return torch.empty_like(ranks_sorted).scatter_(1, order, ranks_sorted)
+
+
 def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     """Spearman correlation of each row of a with the same row of b ([N, D] → [N]; ties share ranks).
 
     A constant row has no ranking: its correlation is defined as 0 (nothing of the order survives).
     """
-    ra = rankdata(a.flatten(1).double().numpy(), axis=1)
-    rb = rankdata(b.flatten(1).double().numpy(), axis=1)
-    ra -= ra.mean(1, keepdims=True)
-    rb -= rb.mean(1, keepdims=True)
-    den = np.sqrt((ra**2).sum(1) * (rb**2).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (ra * rb).sum(1) / den
-    return np.where(den > 0, r, 0.0)
+    ra, rb = average_ranks(a.flatten(1)), average_ranks(b.flatten(1))
+    ra = ra - ra.mean(1, keepdim=True)
+    rb = rb - rb.mean(1, keepdim=True)
+    den = ((ra**2).sum(1) * (rb**2).sum(1)).sqrt()
+    r = (ra * rb).sum(1) / den.clamp(min=1e-300)
+    return torch.where(den > 0, r, torch.zeros_like(r)).numpy()
 
 
 def _maps(factory: MethodFactory, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

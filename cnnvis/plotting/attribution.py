@@ -46,24 +46,47 @@ def _stretch_colorbar(fig: Figure, axes: Sequence[plt.Axes], label: str, cmap: s
     fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=cmap), ax=list(axes), fraction=0.02, pad=0.01, label=label)
 
 
+def mosaic(tiles: Sequence[np.ndarray], ncols: int, pad: int = 2) -> np.ndarray:
+    """Tiles ([H, W] or [H, W, 3], in [0, 1]) on one canvas, row-major, separated by ``pad`` px of white."""
+    h, w = tiles[0].shape[:2]
+    rows = math.ceil(len(tiles) / ncols)
+    shape = (rows * (h + pad) - pad, ncols * (w + pad) - pad) + tiles[0].shape[2:]
+    canvas = np.ones(shape, dtype=np.float32)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, ncols)
+        canvas[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = t
+    return canvas
+
+
+def _label_tiles(ax: plt.Axes, labels: Sequence[str], ncols: int, h: int, w: int, pad: int = 2) -> None:
+    for i, text in enumerate(labels):
+        r, c = divmod(i, ncols)
+        ax.text(c * (w + pad) + 1, r * (h + pad) + 1, text, color="yellow", fontsize=6, va="top", ha="left",
+                bbox={"facecolor": "black", "alpha": 0.6, "pad": 0.5, "linewidth": 0})
+
+
 def projection_grid(image: torch.Tensor, recon: torch.Tensor, *, title: str, channels: Sequence[int] | None = None,
                     ncols: int = 8) -> Figure:
-    """One image and the deconvnet projection of each of a layer's K feature maps ([K, C, H, W]), each stretched."""
+    """One image and the deconvnet projection of each of a layer's K feature maps ([K, C, H, W]), each stretched.
+
+    Drawn as one mosaic (one image per map would cost a matplotlib Axes each).
+    """
     k = recon.shape[0]
     channels = list(range(k)) if channels is None else list(channels)
-    rows = math.ceil(k / ncols) + 1
-    fig, axes = plt.subplots(rows, ncols, figsize=(1.3 * ncols + 1, 1.3 * rows + 0.8), squeeze=False)
-    for ax in axes.flat:
-        _off(ax)
-        ax.set_frame_on(False)
-    _show_image(axes[0, 0], image)
-    axes[0, 0].set_title("input", fontsize=8)
-    for i in range(k):
-        ax = axes[1 + i // ncols, i % ncols]
-        a = _hwc(recon[i])
-        ax.imshow(stretch(a), cmap="gray" if a.ndim == 2 else None, vmin=0, vmax=1)
-        ax.set_title(f"map {channels[i] + 1}", fontsize=7)
-    _stretch_colorbar(fig, axes.flat, "projection, min-max per map")
+    tiles = [stretch(_hwc(recon[i])) for i in range(k)]
+    rows = math.ceil(k / ncols)
+    fig = plt.figure(figsize=(1.1 * ncols + 3.2, 1.1 * rows + 1.2))
+    ax_in = fig.add_axes((0.02, 0.55, 0.16, 0.3))
+    _show_image(ax_in, image)
+    ax_in.set_title("input", fontsize=8)
+    _off(ax_in)
+    ax = fig.add_axes((0.2, 0.04, 0.7, 0.8))
+    gray = tiles[0].ndim == 2
+    ax.imshow(mosaic(tiles, ncols), cmap="gray" if gray else None, vmin=0, vmax=1)
+    _label_tiles(ax, [f"{c + 1}" for c in channels], ncols, *tiles[0].shape[:2])
+    _off(ax)
+    ax.set_xlabel(f"feature maps 1-{k}, row by row (map number top left)", fontsize=8)
+    _stretch_colorbar(fig, [ax], "projection, min-max per map")
     fig.suptitle(title, fontsize=10)
     return fig
 
@@ -73,20 +96,21 @@ def map_across_images(images: torch.Tensor, recon: torch.Tensor, labels: Sequenc
     """One feature map projected for many images: row pairs of input / projection ([N, C, H, W] each)."""
     n = images.shape[0]
     ncols = min(ncols, n)
-    pairs = math.ceil(n / ncols)
-    fig, axes = plt.subplots(2 * pairs, ncols, figsize=(1.4 * ncols + 1, 2.9 * pairs + 0.8), squeeze=False)
-    for ax in axes.flat:
-        _off(ax)
-        ax.set_frame_on(False)
-    for i in range(n):
-        r, c = 2 * (i // ncols), i % ncols
-        _show_image(axes[r, c], images[i])
-        axes[r, c].set_title(labels[i], fontsize=7)
-        a = _hwc(recon[i])
-        axes[r + 1, c].imshow(stretch(a), cmap="gray" if a.ndim == 2 else None, vmin=0, vmax=1)
-    axes[0, 0].set_ylabel("input", fontsize=8)
-    axes[1, 0].set_ylabel("projection", fontsize=8)
-    _stretch_colorbar(fig, axes.flat, "projection, min-max per image")
+    tiles: list[np.ndarray] = []
+    names: list[str] = []
+    for start in range(0, n, ncols):  # one row of inputs, then the row of their projections
+        idx = list(range(start, min(start + ncols, n)))
+        blank = [np.ones_like(_hwc(images[0]))] * (ncols - len(idx))
+        tiles += [_hwc(images[i]) for i in idx] + blank + [stretch(_hwc(recon[i])) for i in idx] + blank
+        names += [labels[i] for i in idx] + [""] * len(blank) + ["proj."] * len(idx) + [""] * len(blank)
+    rows = len(tiles) // ncols
+    fig, ax = plt.subplots(figsize=(1.3 * ncols + 1.5, 1.3 * rows + 1.0))
+    ax.imshow(mosaic(tiles, ncols), cmap="gray" if tiles[0].ndim == 2 else None, vmin=0, vmax=1)
+    _label_tiles(ax, names, ncols, *tiles[0].shape[:2])
+    _off(ax)
+    ax.set_xlabel("rows alternate: test images (class) / projection of the map for that image (min-max per image)",
+                  fontsize=8)
+    _stretch_colorbar(fig, [ax], "projection, min-max per image")
     fig.suptitle(title, fontsize=10)
     return fig
 

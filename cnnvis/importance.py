@@ -117,50 +117,62 @@ class FilterImportance:
         modules = dict(model.named_modules())
         self.convs: dict[str, nn.Conv2d] = {n: modules[n] for n in self.layers}
 
-    def _output_grads(self, inputs: torch.Tensor, classes: Callable[[int], torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """One forward, one batched backward for K target classes.
+    def _output_grads(self, inputs: torch.Tensor, classes: Callable[[int], torch.Tensor]
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, list[torch.Tensor]]]:
+        """One forward, one backward per target class (K of them) for the whole batch.
 
         ``classes(C)`` gives the targets, K×N class indices, once the number of classes C is known.
 
         Returns logits (N×C), the unfolded conv inputs (N×I·kh·kw×P) and the
-        per-sample gradients of the selected scores at each conv output (K×N×O×P).
+        per-sample gradients of the selected scores at each conv output (K tensors N×O×P).
         """
         x = inputs.detach().requires_grad_(True)  # puts every conv output in the graph, even with frozen weights
         with _eval(self.model), torch.enable_grad(), _capture(self.model, self.layers) as store:
             logits = self.model(x)
             outs = [store[n][1] for n in self.layers]
-            t = classes(logits.shape[1])
-            selectors = F.one_hot(t, logits.shape[1]).to(logits.dtype)  # K×N×C
-            # Σ_n y_{c_n}(x_n) for each selector row: the gradient at sample n's conv output is
-            # sample n's own (eval mode). All rows in one batched backward (vmap over grad_outputs).
-            grads = torch.autograd.grad(logits, outs, grad_outputs=selectors, is_grads_batched=True)
+            t = classes(logits.shape[1])  # K×N
+            grads: list[list[torch.Tensor]] = [[] for _ in self.layers]
+            for k, tk in enumerate(t):
+                # Σ_n y_{t_kn}(x_n): its gradient at sample n's conv output is sample n's own (eval mode).
+                # One plain backward per class: cheaper on CPU than one vmap-batched backward (measured).
+                score = logits.gather(1, tk[:, None]).sum()
+                for i, gi in enumerate(torch.autograd.grad(score, outs, retain_graph=k < len(t) - 1)):
+                    grads[i].append(gi.flatten(2))
             unfolded = {n: _unfold(self.convs[n], store[n][0].detach()) for n in self.layers}
-        return logits.detach(), unfolded, {n: grads[i].detach().flatten(3) for i, n in enumerate(self.layers)}
+        return logits.detach(), unfolded, {n: grads[i] for i, n in enumerate(self.layers)}
 
     def _grouped(self, name: str, u: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Split channels into conv groups: u → N×G×(I/G·kh·kw)×P, g → K×N×G×(O/G)×P."""
+        """Split channels into conv groups: u → N×G×(I/G·kh·kw)×P, g → N×G×(O/G)×P."""
         groups = self.convs[name].groups
         n, k, p = u.shape
-        kk, _, o, _ = g.shape
-        return u.view(n, groups, k // groups, p), g.view(kk, n, groups, o // groups, p)
+        o = g.shape[1]
+        return u.view(n, groups, k // groups, p), g.view(n, groups, o // groups, p)
 
-    def _norms(self, name: str, u: torch.Tensor, g: torch.Tensor, method: str | None = None) -> torch.Tensor:
-        """‖per-sample weight gradient‖ per filter: K×N×O, by the cheaper of two exact forms.
+    def _norms(self, name: str, u: torch.Tensor, g: Sequence[torch.Tensor], method: str | None = None) -> torch.Tensor:
+        """‖per-sample weight gradient‖ per filter: K×N×O for the K per-class output gradients ``g`` (N×O×P each),
+        by the cheaper of two exact forms.
 
         direct: G = g·uᵀ (K·N·O·P·Kw multiply-adds); Gram: ‖G_o‖² = g_o·(uᵀu)·g_oᵀ
         (N·P²·Kw once + K·N·O·P²), cheaper for wide layers and many classes.
         ``method`` ("direct" | "gram") forces one form (tests compare them).
         """
-        ug, gg = self._grouped(name, u, g)
-        kk, n, groups, og, p = gg.shape
-        kw = ug.shape[2]
-        direct, gram = kk * og * kw * p, p * p * kw + kk * og * p * p
-        if method == "direct" or (method is None and direct <= gram):
-            sq = torch.einsum("kngop,ngwp->kngow", gg, ug).square().sum(-1)
-        else:
-            gm = torch.einsum("ngwp,ngwq->ngpq", ug, ug)  # N×G×P×P
-            sq = (torch.einsum("kngop,ngpq->kngoq", gg, gm) * gg).sum(-1).clamp_min(0)
-        return sq.sqrt().reshape(kk, n, groups * og)
+        n, kw, p = u.shape
+        groups = self.convs[name].groups
+        kw, og = kw // groups, g[0].shape[1] // groups
+        direct, gram = len(g) * og * kw * p, p * p * kw + len(g) * og * p * p
+        use_gram = method == "gram" or (method is None and gram < direct)
+        gm = None
+        out = []
+        for gk in g:  # one class at a time: the K×N×O×P block never exists at once
+            ug, gg = self._grouped(name, u, gk)
+            if not use_gram:
+                sq = torch.matmul(gg, ug.transpose(-1, -2)).square().sum(-1)  # N×G×(O/G)
+            else:
+                if gm is None:
+                    gm = torch.matmul(ug.transpose(-1, -2), ug)  # N×G×P×P, shared by all classes
+                sq = (torch.matmul(gg, gm) * gg).sum(-1).clamp_min(0)
+            out.append(sq.sqrt().reshape(n, groups * og))
+        return torch.stack(out)
 
     def attribute(self, inputs: torch.Tensor, target: int | torch.Tensor) -> dict[str, torch.Tensor]:
         """Importance of every filter for each input's target class: {layer: N×O}."""
@@ -183,8 +195,8 @@ class FilterImportance:
         _, u, g = self._output_grads(inputs, lambda _c: t[None])
         out = {}
         for n in self.layers:
-            ug, gg = self._grouped(n, u[n], g[n])
-            grad = torch.einsum("ngop,ngwp->ngow", gg[0], ug)  # N×G×(O/G)×(I/G·kh·kw)
+            ug, gg = self._grouped(n, u[n], g[n][0])
+            grad = torch.matmul(gg, ug.transpose(-1, -2))  # N×G×(O/G)×(I/G·kh·kw)
             out[n] = grad.reshape(len(inputs), *self.convs[n].weight.shape)
         return out
 
@@ -310,8 +322,9 @@ def _central(step: Callable[[float], tuple[torch.Tensor, torch.Tensor]], h: floa
     for attempt in range(tries):
         up, down = step(h)
         fwd, bwd = (up - y0) / h, (y0 - down) / h
-        scale = torch.maximum(fwd.abs(), bwd.abs()).clamp_min(1e-8)
-        if bool(((fwd - bwd).abs() <= tol * scale).all()) or attempt == tries - 1:
+        # allowed gap: relative tol plus what float64 rounding of y alone can produce at this h
+        noise = 64 * torch.finfo(y0.dtype).eps * (y0.abs() + up.abs() + down.abs()) / h
+        if bool(((fwd - bwd).abs() <= tol * torch.maximum(fwd.abs(), bwd.abs()) + noise).all()) or attempt == tries - 1:
             return (up - down) / (2 * h)
         kinks[0] += 1
         h /= 10

@@ -49,7 +49,7 @@ class PruneConfig:
     table_layer: str | None = opt(None)  # per-class table: layer whose filters are removed; null = first conv
     reference_class: int | None = opt(None, ge=0)  # §3.2.2 figures; null = the class with most errors
     prune_fraction: float = opt(0.3, ge=0.0, lt=1.0)  # of all analysed filters, for pruned.pt
-    latency_batch: int = opt(1, ge=1)  # CPU latency: images per forward
+    latency_batch: int = opt(64, ge=1)  # CPU latency: images per forward
     latency_repeats: int = opt(30, ge=3)
     seed: int = opt(0, ge=0)
 

@@ -26,10 +26,9 @@ import numpy as np
 import torch
 import yaml
 
-from cnnvis import DataError
+from cnnvis import DataError, models, training
 from cnnvis import adjust as A
 from cnnvis import data as D
-from cnnvis import models, training
 from cnnvis.config import HardwareConfig, ModelConfig, TrainConfig, parse, to_dict
 from cnnvis.io import load_checkpoint, load_json, save_json, save_text
 from cnnvis.similarity import SimilarityConfig, redundancy_from_dict

@@ -130,10 +130,11 @@ def run(model: torch.nn.Module, state: dict, test_u8: torch.Tensor, test_y: torc
     example = x[:1]
 
     # --- importance for every input, layer, filter and class (§3.2.1, §3.2.3)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     stats = I.compute_importance(model, x, y, layers=layers, batch_size=cfg.batch_size, progress=progress)
-    imp_seconds = time.perf_counter() - t0
-    log.info("importance: %d images × %d classes × %d layers in %.1f s", len(y), c, len(layers), imp_seconds)
+    imp_seconds, imp_cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    log.info("importance: %d images × %d classes × %d layers in %.1f s (%.1f s CPU, %d threads)", len(y), c, len(layers),
+             imp_seconds, imp_cpu, torch.get_num_threads())
     overall, relevance, other = stats.overall(), stats.relevance(), stats.other_class()
     right, wrong = stats.mean(correct=True), stats.mean(correct=False)
 
@@ -184,7 +185,7 @@ def run(model: torch.nn.Module, state: dict, test_u8: torch.Tensor, test_y: torc
     lat_after = P.cpu_latency_ms(small, lat_x, repeats=cfg.latency_repeats)
     small_cfg = None
     model_cfg = parse(ModelConfig, state["model"], "checkpoint.model")
-    if model_cfg.name == "p1_cnn" and list(layers) == [n for n, _ in model.named_modules() if isinstance(_, torch.nn.Conv2d)]:
+    if model_cfg.name == "p1_cnn" and layers == I.conv_layer_names(model):  # the smaller net is a P1CNN of new widths
         widths = tuple(dict(small.named_modules())[n].out_channels for n in layers)
         small_cfg = parse(ModelConfig, {**to_dict(model_cfg), "widths": list(widths)}, "pruned.model")
 
@@ -209,7 +210,7 @@ def run(model: torch.nn.Module, state: dict, test_u8: torch.Tensor, test_y: torc
     metrics = {
         "classes": classes, "layers": list(layers), "images": len(y), "filters": n_filters,
         "importance": {
-            "seconds": round(imp_seconds, 2), "images_per_s": round(len(y) / imp_seconds, 1), "threads": torch.get_num_threads(),
+            "seconds": round(imp_seconds, 2), "cpu_seconds": round(imp_cpu, 2), "images_per_s": round(len(y) / imp_seconds, 1), "threads": torch.get_num_threads(),
             "batch_size": cfg.batch_size,
             "per_layer": {n: {"filters": int(v.numel()), "mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
                               "max": float(v.max()), "dead_filters": int((v == 0).sum()),

@@ -32,11 +32,10 @@ from pathlib import Path
 
 import yaml
 
-from cnnvis import ConfigError
+from cnnvis import ConfigError, models
 from cnnvis import adjust as A
-from cnnvis import models
 from cnnvis.config import ModelConfig, TrainConfig, parse, to_dict
-from cnnvis.io import load_checkpoint, load_json, save_json, save_text
+from cnnvis.io import load_checkpoint, load_json, save_json
 from cnnvis.similarity import SimilarityConfig
 from stages._common import Params, add_common_args, stage_main
 
@@ -77,12 +76,11 @@ def n_params(cfg: ModelConfig, spec: dict) -> int:
 def after_figures(model_path: Path, data_dir: Path, recon: Path, sim_cfg: SimilarityConfig, cfg: A.AdjustConfig,
                   figures: Path) -> list[dict]:
     """Paper 1 Fig 13 / 14: the adjusted model's reconstructions and similarity matrix (every conv layer)."""
-    from stages.adjust_architecture import probe_images
-    from stages.similarity import layer_record, write_layer_figures
-
     from cnnvis.io import atomic_path
     from cnnvis.models import conv_layers
     from cnnvis.similarity import fingerprints
+    from stages.adjust_architecture import probe_images
+    from stages.similarity import layer_record, write_layer_figures
 
     model, state = load_checkpoint(model_path)
     x, labels = probe_images(data_dir, recon, None, state["spec"])
@@ -133,7 +131,7 @@ def retrain(args: argparse.Namespace) -> None:
                 spec = load_checkpoint(args.out)[1]["spec"]
                 target = n_params(adjusted_cfg, spec)
                 widths = A.uniform_control_widths(tuple(doc["baseline_widths"]),
-                                                  lambda ws: n_params(_with_widths(base_cfg, ws), spec), target)
+                                                  lambda ws, spec=spec: n_params(_with_widths(base_cfg, ws), spec), target)
                 control_cfg = _with_widths(base_cfg, widths)
             c = fit(args.data, control_cfg, _seeded(recipe, seed), hw,
                     out=args.control_out if first else scratch / "control.pt",

@@ -77,9 +77,10 @@ def layer_figures(name: str, ls: S.LayerSimilarity, red: S.Redundancy, pixels: n
 
     n = ls.dead_maps.shape[0]
     what = f"{model_tag}: deconvnet reconstructions of the {red.num_kernels} feature maps of {name} ({probe_label})"
+    silent = np.flatnonzero(ls.dead_maps[0]).tolist()  # ``pixels`` shows probe image 0
     return {
-        "maps": maps_grid_figure(pixels, title=what, outline=False, dead=red.dead_kernels),
-        "groups": maps_grid_figure(pixels, title=what, groups=red.groups, dead=red.dead_kernels),
+        "maps": maps_grid_figure(pixels, title=what, outline=False, dead=red.dead_kernels, silent=silent),
+        "groups": maps_grid_figure(pixels, title=what, groups=red.groups, dead=red.dead_kernels, silent=silent),
         "matrix": similarity_matrix_figure(ls.mean, title=f"{model_tag}: pHash similarity of the feature maps of {name}",
                                            threshold=cfg.threshold, groups=red.groups, dead=red.dead_kernels,
                                            method=cfg.method, n_images=n),
@@ -142,9 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     for i, ls in enumerate(sims):
         arrays.update({f"mean_{i}": ls.mean, f"std_{i}": ls.std, f"count_{i}": ls.count,
                        f"dead_maps_{i}": ls.dead_maps, f"fingerprints_{i}": ls.fingerprints})
-    with atomic_path(args.arrays) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+    with atomic_path(args.arrays) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
     save_json(args.metrics, {
         "dataset": args.dataset, "config": to_dict(cfg), "probe": probe,
         "layers": [layer_record(n, i, sims[i], reds[i]) for i, n in enumerate(layers)],

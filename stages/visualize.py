@@ -68,6 +68,17 @@ def round_robin(labels: torch.Tensor, n: int, num_classes: int) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.long)
 
 
+def gradcam_layer(model: torch.nn.Module, conv_name: str, on: str) -> str:
+    """The module Grad-CAM reads for a conv layer: the conv itself, or ("relu") its rectified maps, i.e. the
+    first ``nn.ReLU`` after it in definition order (P1CNN: features.relu<i>; ResNet: the block's output ReLU)."""
+    if on == "conv":
+        return conv_name
+    names = [n for n, _ in model.named_modules()]
+    modules = dict(model.named_modules())
+    after = names[names.index(conv_name) + 1 :]
+    return next((n for n in after if isinstance(modules[n], torch.nn.ReLU)), conv_name)
+
+
 def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
@@ -102,6 +113,8 @@ def run(model: torch.nn.Module, spec: dict, test_u8: torch.Tensor, test_y: torch
     if len(convs) < 2:
         raise ConfigError(f"model has {len(convs)} conv layer(s); paper 1's figures need at least two")
     (n1, conv1), (n2, conv2), (nlast, _) = convs[0], convs[1], convs[-1]
+    cam_first, cam_last = gradcam_layer(model, n1, cfg.gradcam_on), gradcam_layer(model, nlast, cfg.gradcam_on)
+    modules = dict(model.named_modules())
     if cfg.feature_map >= min(conv1.out_channels, conv2.out_channels):
         raise ConfigError(f"visualize.feature_map = {cfg.feature_map}: layers have only "
                           f"{min(conv1.out_channels, conv2.out_channels)} maps")
@@ -165,15 +178,16 @@ def run(model: torch.nn.Module, spec: dict, test_u8: torch.Tensor, test_y: torch
     with torch.no_grad():
         pred = model.eval()(x_cam).argmax(1)
     rows = [f"#{i}: {classes[int(y)]}\n(pred. {classes[int(p)]})" for i, y, p in zip(cam_idx.tolist(), y_cam, pred, strict=True)]
-    fig7 = {f"Grad-CAM at {n1}\n(first conv)": A.GradCAM(model, conv1).attribute(x_cam, y_cam),
-            f"Grad-CAM at {nlast}\n(last conv)": A.GradCAM(model, convs[-1][1]).attribute(x_cam, y_cam)}
+    fig7 = {f"Grad-CAM at {cam_first}\n(first conv layer)": A.GradCAM(model, modules[cam_first]).attribute(x_cam, y_cam),
+            f"Grad-CAM at {cam_last}\n(last conv layer)": A.GradCAM(model, modules[cam_last]).attribute(x_cam, y_cam)}
     figures["p1_fig07_gradcam_first_vs_last"] = P.method_columns(
         display(cam_idx), fig7, rows, overlay=list(fig7),
         title="Grad-CAM (eq. 1: averaged gradients, ReLU, bilinear upsampling) for the true class:\n"
               "first vs last conv layer")
     fig8 = {"backpropagation\n(|gradient|)": A.Saliency(model).attribute(x_cam, y_cam),
-            f"Grad-CAM\n({nlast})": A.GradCAM(model, convs[-1][1]).attribute(x_cam, y_cam),
-            "Guided Grad-CAM\n(|map|, channels summed)": A.GuidedGradCAM(model, convs[-1][1]).attribute(x_cam, y_cam)}
+            f"Grad-CAM\n({cam_last})": A.GradCAM(model, modules[cam_last]).attribute(x_cam, y_cam),
+            "Guided Grad-CAM\n(|map|, channels summed)":
+                A.GuidedGradCAM(model, modules[cam_last]).attribute(x_cam, y_cam).abs().sum(1, keepdim=True)}
     figures["p1_fig08_gradcam"] = P.method_columns(
         display(cam_idx), fig8, rows, overlay=[k for k in fig8 if k.startswith("Grad-CAM")],
         title="Original, backpropagation (saliency), Grad-CAM and Guided Grad-CAM for the true class")
@@ -184,7 +198,7 @@ def run(model: torch.nn.Module, spec: dict, test_u8: torch.Tensor, test_y: torch
     g = torch.Generator().manual_seed(cfg.seed)
     ev = torch.randperm(len(test_y), generator=g)[: cfg.eval_images]
     x_ev, y_ev = images(ev), test_y[ev]
-    methods = factories(model, nlast)
+    methods = factories(model, cam_last)
     metrics: dict = {"eval_images": len(ev), "eval_indices_seed": cfg.seed}
     if cfg.randomization:
         steps = sanity.cascading_randomization(model, methods, x_ev, y_ev, seed=cfg.seed)
@@ -219,7 +233,7 @@ def run(model: torch.nn.Module, spec: dict, test_u8: torch.Tensor, test_y: torch
     timings["faithfulness_s"] = time.perf_counter() - t0
 
     metrics.update({
-        "conv_layers": [n for n, _ in convs], "figure_classes": [classes[c] for c in cfg.figure_classes],
+        "conv_layers": [n for n, _ in convs], "gradcam_layers": [cam_first, cam_last], "figure_classes": [classes[c] for c in cfg.figure_classes],
         "figure_indices": fig_idx.tolist(), "gradcam_indices": cam_idx.tolist(),
         "reconstructions": {"probe_images": len(probe), "shapes": {n: list(recon[f"recon_{i}"].shape)
                                                                     for i, (n, _) in enumerate(convs)}},

@@ -21,12 +21,12 @@ def copy_repo(dest: Path) -> Path:
                            capture_output=True, text=True, check=True).stdout.split("\0")
     for f in filter(None, files):
         src = ROOT / f
-        if src.is_file() and not f.startswith(("data/", "reports/")):
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / f)
-    (dest / "reports").mkdir(exist_ok=True)
-    if (ROOT / "reports" / "paper_reference.yaml").exists():
-        shutil.copy2(ROOT / "reports" / "paper_reference.yaml", dest / "reports" / "paper_reference.yaml")
+        if not src.is_file() or f.startswith("data/") or f == "dvc.lock":
+            continue
+        if f.startswith("reports/") and not f.endswith((".gitkeep", "paper_reference.yaml")):
+            continue  # outputs of the full run: the ci run makes its own
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / f)
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     return dest
 

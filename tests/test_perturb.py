@@ -162,16 +162,40 @@ def _write_dataset(directory, n_train=40, n_test=24, c=1, size=28):
                      labels=rng.integers(0, 3, n).astype(np.int64), classes=np.asarray(["a", "b", "c"]))
 
 
+def _write_models(tmp_path, c, size):
+    spec = {"in_channels": c, "num_classes": 3, "image_size": size, "mean": [0.5] * c, "std": [0.3] * c,
+            "classes": ["a", "b", "c"]}
+    torch.manual_seed(0)
+    for name, cfg in (("baseline", ModelConfig(widths=(4, 4), hidden=8)),
+                      ("encdec", ModelConfig(name="encdec", width_multiplier=0.125))):
+        model = build_model(cfg, in_channels=c, num_classes=3, image_size=size)
+        save_checkpoint(tmp_path / f"{name}.pt", model, cfg, spec)
+
+
+def test_stage_on_rgb_fills_every_row(tmp_path):
+    from stages import perturbation_eval as stage
+
+    _write_dataset(tmp_path / "raw" / "rgb", n_test=8, c=3, size=32)
+    _write_models(tmp_path, 3, 32)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"perturb": {"examples": 1}, "hardware": {"progress": "none"}}))
+    out = tmp_path / "out"
+    stage.main(["--dataset", "rgb", "--data", str(tmp_path / "raw" / "rgb"), "--encdec", str(tmp_path / "encdec.pt"),
+                "--baseline", str(tmp_path / "baseline.pt"), "--metrics", str(out / "p.json"),
+                "--table", str(out / "p.md"), "--figures", str(out / "figs"), "--params", str(params)])
+    report = load_json(out / "p.json")
+    assert report["not_applicable"] == []
+    assert {r["perturbation"] for r in report["rows"]} == {"clean", "grayscale", "blur3", "blur5", "bgr", "brg",
+                                                           "salt_pepper_0.0005", "salt_pepper_0.005"}
+    assert report["salt_pepper_counts"] == {"0.0005": 2, "0.005": 15}  # round(1.536), round(15.36)
+    assert "ours (encdec, whole test set)" in (out / "p.md").read_text()
+
+
 def test_stage_on_tiny_models(tmp_path):
     from stages import perturbation_eval as stage
 
     _write_dataset(tmp_path / "raw" / "toy")
-    spec = {"in_channels": 1, "num_classes": 3, "image_size": 28, "mean": [0.5], "std": [0.3], "classes": ["a", "b", "c"]}
-    torch.manual_seed(0)
-    for name, cfg in (("baseline", ModelConfig(widths=(4, 4), hidden=8)),
-                      ("encdec", ModelConfig(name="encdec", width_multiplier=0.125))):
-        model = build_model(cfg, in_channels=1, num_classes=3, image_size=28)
-        save_checkpoint(tmp_path / f"{name}.pt", model, cfg, spec)
+    _write_models(tmp_path, 1, 28)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"perturb": {"examples": 2, "batch_size": 10},
                                       "hardware": {"progress": "none"}}))

@@ -79,6 +79,7 @@ def test_visualize_stage_writes_figures_recon_and_metrics(setup, monkeypatch):
     assert set(m["class_sensitivity"]) == {"saliency", "deconvnet", "guided_backprop", "gradcam", "guided_gradcam"}
     assert [s["layer"] for s in m["randomization"]["gradcam"]][0] == "classifier.fc"
     assert m["synthesis"] == {"fake_metric": 1.5}
+    assert m["gradcam_layers"] == ["features.relu1", "features.relu2"]  # the rectified maps of conv1, conv2
 
 
 def test_visualize_bad_class_is_one_line(setup, capsys):

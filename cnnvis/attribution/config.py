@@ -14,6 +14,7 @@ class VisualizeConfig:
     feature_map: int = opt(6, ge=0)  # Fig 5a/6: "the 7th feature map" (0-based index 6)
     feature_map_images: int = opt(16, ge=1)  # Fig 5a/6: test images the map is projected for
     gradcam_images: int = opt(6, ge=1)  # Fig 7/8: test images shown
+    gradcam_on: str = opt("relu", choices=("relu", "conv"))  # Grad-CAM's A^k: the rectified maps or the raw conv output
     projection: str = opt("all", choices=("all", "max"))  # signal: the whole map, or its strongest activation
     rectify: bool = opt(True)  # project the map after its ReLU (Zeiler & Fergus), not the raw conv output
     # --- reconstructions for the similarity stage

@@ -68,10 +68,8 @@ class RandomizationStep:
 
 
 def randomizable_layers(model: nn.Module) -> list[str]:
-    """Names of the modules with their own weights (conv, linear, norm), top (output side) first."""
-    names = [n for n, m in model.named_modules() if hasattr(m, "reset_parameters") and
-             any(True for _ in m.parameters(recurse=False))]
-    return names[::-1]
+    """Names of the conv and linear layers, top (output side) first (normalization layers keep their weights)."""
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))][::-1]
 
 
 def cascading_randomization(model: nn.Module, factories: dict[str, MethodFactory], images: torch.Tensor,

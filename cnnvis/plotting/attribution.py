@@ -138,7 +138,11 @@ def method_columns(images: torch.Tensor, columns: Mapping[str, torch.Tensor], ro
         for j, (name, maps) in enumerate(columns.items(), start=1):
             mp = maps[i]
             mp = mp[0] if mp.shape[0] == 1 else mp.abs().sum(0)
-            mp = stretch(mp)
+            flat = float(mp.max() - mp.min()) < 1e-12
+            mp = np.zeros(mp.shape, dtype=np.float32) if flat else stretch(mp)
+            if flat:
+                axes[i, j].text(0.5, 0.5, "map is constant\n(all zero)", color="white", fontsize=7, ha="center",
+                                va="center", transform=axes[i, j].transAxes)
             if name in overlay:
                 _overlay(axes[i, j], images[i], mp)
             else:
@@ -166,7 +170,7 @@ def randomization_curves(results: Mapping[str, Sequence[Mapping[str, float]]], *
     ax.set_xticks(range(len(layers or [])))
     ax.set_xticklabels(layers or [], rotation=45, ha="right", fontsize=7)
     ax.set_xlabel("weights re-initialized from the output down to this layer (cumulative)")
-    ax.set_ylabel("Spearman rank correlation with trained model's |map|")
+    ax.set_ylabel("Spearman ρ with the trained\nmodel's |map| (mean ± std)")
     ax.axhline(0, color="gray", lw=0.5)
     ax.set_ylim(-0.2, 1.05)
     ax.legend(fontsize=7)
@@ -176,19 +180,21 @@ def randomization_curves(results: Mapping[str, Sequence[Mapping[str, float]]], *
 
 
 def faithfulness_curves(curves: Mapping[str, Mapping[str, np.ndarray]], *, title: str) -> Figure:
-    """Mean target probability vs fraction of pixels deleted / inserted, per method (shaded: ± 1 std)."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    """Mean target probability vs fraction of pixels deleted / inserted, per method (shaded: ± 1 s.e.m.)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
     for ax, kind in zip(axes, ("deletion", "insertion"), strict=True):
         for name, c in curves.items():
             arr = np.asarray(c[kind])
             x = np.linspace(0, 1, arr.shape[1])
-            ax.plot(x, arr.mean(0), label=name)
-            ax.fill_between(x, arr.mean(0) - arr.std(0), arr.mean(0) + arr.std(0), alpha=0.1)
+            mean, sem = arr.mean(0), arr.std(0) / np.sqrt(arr.shape[0])
+            area = float(((arr.sum(1) - 0.5 * (arr[:, 0] + arr[:, -1])) / (arr.shape[1] - 1)).mean())
+            ax.plot(x, mean, label=f"{name} (AUC {area:.3f})")
+            ax.fill_between(x, mean - sem, mean + sem, alpha=0.15)
         ax.set_xlabel(f"fraction of pixels {'deleted' if kind == 'deletion' else 'inserted'}, most important first")
         ax.set_ylabel("probability of the true class")
         ax.set_title(f"{kind} ({'lower' if kind == 'deletion' else 'higher'} area = more faithful)", fontsize=9)
         ax.set_ylim(0, 1)
         ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title + "\n(shaded: ± 1 standard error of the mean)", fontsize=10)
     fig.tight_layout()
     return fig

@@ -81,13 +81,15 @@ def importance_histogram(own: Mapping[str, torch.Tensor], classes: Sequence[str]
         v = own[layer].flatten().numpy()
         pos = v[v > 0]
         zeros = int((v == 0).sum())
-        ax.hist(np.log10(pos), bins=60, color="tab:red", alpha=0.8, label="per input and filter")
-        ax.hist(np.log10(own[layer].mean(0).clamp_min(1e-30).numpy()), bins=30, color="k", histtype="step",
-                label="per filter (mean over inputs)", weights=np.full(own[layer].shape[1], len(pos) / max(own[layer].shape[1], 1) / 10))
+        ax.hist(np.log10(pos), bins=60, color="tab:red", alpha=0.6)
         ax.set_xlabel("log10 ‖∂y_true/∂W_f‖")
-        ax.set_ylabel("count (filter curve rescaled)")
+        ax.set_ylabel("(input, filter) pairs", color="tab:red")
         ax.set_title(f"{layer}: {own[layer].shape[0]} inputs × {own[layer].shape[1]} filters; {zeros} exact zeros", fontsize=9)
-        ax.legend(fontsize=7)
+        twin = ax.twinx()  # the per-filter means: what a threshold on importance acts on
+        twin.hist(np.log10(own[layer].mean(0).clamp_min(1e-30).numpy()), bins=30, color="k", histtype="step", lw=1.5)
+        twin.set_ylabel("filters (mean over inputs)")
+        ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color="tab:red", alpha=0.6), plt.Line2D([], [], color="k")],
+                  labels=["per input and filter (left axis)", "per filter, mean over inputs (right axis)"], fontsize=7, loc="upper left")
     fig.suptitle(f"Importance w.r.t. each input's own class ({len(classes)} classes)", fontsize=10)
     fig.tight_layout()
     return fig

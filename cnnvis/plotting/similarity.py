@@ -51,36 +51,42 @@ def similarity_matrix_figure(mean: np.ndarray, *, title: str, threshold: float,
 
 
 def maps_grid_figure(pixels: np.ndarray, *, title: str, groups: Sequence[Sequence[int]] = (),
-                     dead: Sequence[int] = (), outline: bool = True, cols: int | None = None) -> plt.Figure:
+                     dead: Sequence[int] = (), silent: Sequence[int] = (), outline: bool = True,
+                     cols: int | None = None) -> plt.Figure:
     """Grid of K reconstructed maps [K, H, W] (0–255 grayscale), kernel index above each;
-    maps of one near-duplicate group share a coloured frame; dead maps are marked."""
-    k = pixels.shape[0]
+    maps of one near-duplicate group share a coloured frame; ``dead`` kernels (dead in most probe
+    images) and ``silent`` maps (zero for this image only) are marked.
+
+    Drawn as one mosaic image in one Axes (a subplot per map takes seconds for 128 maps).
+    """
+    k, h, w = pixels.shape
     cols = cols or min(k, 16 if k > 64 else 8)
     rows = math.ceil(k / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.15 * cols, 1.3 * rows + 0.9), dpi=110, squeeze=False)
+    pad, top = 4, max(4, h // 3)  # px between tiles; px above each tile for its label
+    cell_h, cell_w = h + pad + top, w + pad
+    mosaic = np.full((rows * cell_h, cols * cell_w), np.nan)
+    origin = []
+    for idx in range(k):
+        r, c = divmod(idx, cols)
+        y, x = r * cell_h + top, c * cell_w + pad // 2
+        mosaic[y : y + h, x : x + w] = pixels[idx]
+        origin.append((y, x))
+    fig, ax = plt.subplots(figsize=(1.1 * cols, 1.2 * rows + 0.9), dpi=110)
+    cmap = plt.get_cmap("gray").with_extremes(bad="white")
+    ax.imshow(mosaic, cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
+    ax.set_axis_off()
     color_of = {}
     if outline:
         for g, members in enumerate(groups):
             for m in members:
                 color_of[m] = _GROUP_COLORS[g % len(_GROUP_COLORS)]
-    dead = set(dead)
-    for idx, ax in enumerate(axes.flat):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if idx >= k:
-            ax.axis("off")
-            continue
-        ax.imshow(pixels[idx], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        label = f"k={idx}" + (" dead" if idx in dead else "")
-        ax.set_title(label, fontsize=7, pad=2, color="grey" if idx in dead else "black")
-        color = color_of.get(idx)
-        for s in ax.spines.values():
-            s.set_visible(color is not None)
-            if color is not None:
-                s.set_edgecolor(color)
-                s.set_linewidth(3)
-        if color is not None:
-            ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, ec=color, lw=3, clip_on=False))
+    dead, silent = set(dead), set(silent)
+    for idx, (y, x) in enumerate(origin):
+        label = f"k={idx}" + (" dead" if idx in dead else " silent" if idx in silent else "")
+        ax.text(x + w / 2, y - 1, label, ha="center", va="bottom", fontsize=6.5,
+                color="grey" if idx in dead | silent else "black")
+        if idx in color_of:
+            ax.add_patch(Rectangle((x - 1.5, y - 1.5), w + 2, h + 2, fill=False, ec=color_of[idx], lw=2.5))
     sub = ""
     if outline and groups:
         parts = [f"G{g + 1}: {list(m)}" for g, m in enumerate(groups[:6])]
@@ -88,6 +94,8 @@ def maps_grid_figure(pixels: np.ndarray, *, title: str, groups: Sequence[Sequenc
         sub = "\nframes of one colour = one near-duplicate group — " + "; ".join(parts) + more
     elif outline:
         sub = "\nno near-duplicate groups at this threshold"
-    fig.suptitle(title + sub, fontsize=9)
+    if silent - dead:
+        sub += "\n'silent' = all-zero reconstruction for this image (no activation); 'dead' = silent in most probe images"
+    ax.set_title(title + sub, fontsize=9)
     fig.tight_layout()
     return fig

@@ -1,0 +1,234 @@
+"""Paper 1's width rule (cnnvis.adjust), the control's widths, the stages' Table I."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cnnvis import ConfigError
+from cnnvis import adjust as A
+from cnnvis.config import ModelConfig, parse
+from cnnvis.models import build_model, count_parameters
+from cnnvis.similarity import Redundancy, SimilarityConfig
+
+
+def red(k: int, distinct: int, dead: int = 0) -> Redundancy:
+    return Redundancy(num_kernels=k, dead_kernels=tuple(range(dead)), mean_similarity=0.6, pair_std=0.05,
+                      image_spread=0.05, fraction_above=0.01, groups=(), distinct=distinct, threshold=0.8)
+
+
+CFG = A.AdjustConfig(lower=0.15, upper=0.30, growth_factor=1.5, max_width=128, min_width=8, max_steps=4,
+                     search_reference=False)
+
+
+class Fakes:
+    """train_fn / measure_fn whose redundancy is a given function of the layer's width."""
+
+    def __init__(self, value_of_width):
+        self.value_of_width = value_of_width
+        self.trained: list[tuple[int, ...]] = []
+
+    def train_fn(self, widths):
+        self.trained.append(widths)
+        return widths, 80.0 + len(self.trained)  # the "model" is its widths
+
+    def measure_fn(self, model, i):
+        k = model[i]
+        v = self.value_of_width(k)
+        return red(k, distinct=round(k * (1 - v)))
+
+
+def test_metric_and_band():
+    r = red(64, distinct=48)
+    assert A.metric_value(r, "redundant_fraction") == pytest.approx(0.25)
+    assert A.classify(0.25, CFG) == "in_band"
+    assert A.classify(0.31, CFG) == "high" and A.classify(0.1, CFG) == "low"
+    assert A.classify(float("nan"), CFG) == "high"  # every kernel dead
+    assert A.grow_width(64, CFG) == 96 and A.grow_width(100, CFG) == 128
+    assert A.grow_width(64, dataclasses.replace(CFG, growth="add", growth_step=32)) == 96
+    assert A.shrink_width(32, red(32, distinct=20), CFG) == 20
+    assert A.shrink_width(32, red(32, distinct=3), CFG) == 16  # shrink_floor 0.5
+    assert A.shrink_width(12, red(12, distinct=2), CFG) == 8  # min_width
+
+
+def test_grow_until_the_band_is_entered():
+    fakes = Fakes(lambda k: k / 512)  # 64 → 0.125 (low), 96 → 0.19 (in band)
+    res = A.adjust_widths([red(32, 30), red(64, 56)], (32, 64), dataclasses.replace(CFG, layers=(1,)),
+                          train_fn=fakes.train_fn, measure_fn=fakes.measure_fn)
+    assert res.widths == (32, 96)
+    assert fakes.trained == [(32, 96)]
+    grow = [s for s in res.steps if s.phase == "grow"]
+    assert [(s.width, s.band) for s in grow] == [(96, "in_band")] and grow[0].proxy_top1 == 81.0
+    assert res.decisions == [{"layer": 1, "action": "grow", "from": 64, "to": 96,
+                              "reason": "redundant_fraction 0.125 < lower 0.15; width 96 enters the band"}]
+
+
+def test_grow_stops_at_max_width_and_undoes_an_overshoot():
+    fakes = Fakes(lambda k: 0.05)
+    res = A.adjust_widths([red(64, 61)], (64,), CFG, train_fn=fakes.train_fn, measure_fn=fakes.measure_fn)
+    assert res.widths == (128,) and "max_width 128 reached" in res.decisions[0]["reason"]
+    fakes = Fakes(lambda k: 0.05 if k < 96 else 0.5)
+    res = A.adjust_widths([red(64, 61)], (64,), CFG, train_fn=fakes.train_fn, measure_fn=fakes.measure_fn)
+    assert res.widths == (64,) and res.decisions[0]["action"] == "keep" and "overshoots" in res.decisions[0]["reason"]
+
+
+def test_reference_calibrates_the_brief_recipe():
+    """Brief training adds +0.2 redundancy at every width: judged relative to the reference, 96 is in band."""
+    cfg = dataclasses.replace(CFG, search_reference=True, search_calibrate=True)
+    fakes = Fakes(lambda k: 0.2 + k / 512)
+    res = A.adjust_widths([red(64, 56)], (64,), cfg, train_fn=fakes.train_fn, measure_fn=fakes.measure_fn)
+    assert fakes.trained == [(64,), (96,)]
+    assert res.widths == (96,)
+    ref = next(s for s in res.steps if s.phase == "reference")
+    assert ref.width == 64 and "+0.20" in ref.note
+    fakes = Fakes(lambda k: 0.2 + k / 512)  # uncalibrated: 0.325 at 64 already overshoots
+    res = A.adjust_widths([red(64, 56)], (64,), dataclasses.replace(cfg, search_calibrate=False),
+                          train_fn=fakes.train_fn, measure_fn=fakes.measure_fn)
+    assert res.widths == (64,)
+
+
+def test_shrink_and_rule_one_first_when_undertrained():
+    calls = []
+
+    def further():
+        calls.append(1)
+        return (32, 64)
+
+    fakes = Fakes(lambda k: 0.2)  # after further training both layers sit in the band
+    res = A.adjust_widths([red(32, 20), red(64, 50)], (32, 64), CFG, train_fn=fakes.train_fn,
+                          measure_fn=fakes.measure_fn, undertrained=True, further_fn=further)
+    assert calls == [1] and res.further_training and res.extra_epochs == CFG.extra_epochs
+    assert res.widths == (32, 64) and [d["action"] for d in res.decisions] == ["keep", "keep"]
+    res = A.adjust_widths([red(32, 20), red(64, 50)], (32, 64), CFG, train_fn=fakes.train_fn,
+                          measure_fn=fakes.measure_fn, undertrained=False, further_fn=further)
+    assert calls == [1] and not res.further_training
+    assert res.widths == (20, 64) and res.decisions[0]["action"] == "shrink"
+
+
+def test_config_checks():
+    with pytest.raises(ConfigError, match="lower"):
+        parse(A.AdjustConfig, {"lower": 0.5, "upper": 0.2}, "adjust")
+    with pytest.raises(ConfigError, match="adjust.metric"):
+        parse(A.AdjustConfig, {"metric": "entropy"}, "adjust")
+    with pytest.raises(ConfigError, match="out of range"):
+        A.adjust_widths([red(8, 8)], (8,), dataclasses.replace(CFG, layers=(3,)), train_fn=None, measure_fn=None)
+
+
+def test_uniform_control_matches_parameter_count():
+    base = ModelConfig(widths=(32, 64), kernel_sizes=(5, 5), hidden=128)
+
+    def count(ws):
+        return count_parameters(build_model(dataclasses.replace(base, widths=ws), in_channels=1, num_classes=10,
+                                            image_size=28))
+
+    target = count((21, 96))
+    ws = A.uniform_control_widths((32, 64), count, target)
+    best = min(abs(count((round(32 * a), round(64 * a)))) - target for a in np.linspace(0.5, 3, 600))
+    assert abs(count(ws) - target) <= abs(best) + 1
+    assert ws[1] / ws[0] == pytest.approx(2.0, abs=0.1)  # one factor for every layer
+
+
+def test_measure_real_deconvnet_leaves_model_unchanged(tiny_p1):
+    before = {k: v.clone() for k, v in tiny_p1.state_dict().items()}
+    tiny_p1.train()
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    ls, r, recon = A.measure(tiny_p1, 1, x, SimilarityConfig())
+    assert recon.shape == (3, 16, 1, 28, 28) and ls.mean.shape == (16, 16)
+    assert r.num_kernels == 16
+    assert tiny_p1.training
+    assert all(torch.equal(before[k], v) for k, v in tiny_p1.state_dict().items())
+
+
+def test_table1_markdown_and_stage(tmp_path):
+    from stages import table1
+    from stages.retrain import table1_markdown
+
+    def row(ds, before, after, control):
+        def s(v):
+            return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "n": len(v),
+                    "values": v}
+        return {"dataset": ds, "name": ds.upper(), "seeds": list(range(len(after))), "epochs": {"before": 4, "after": 4},
+                "widths": {"before": [32, 64], "after": [21, 96], "control": [33, 66]},
+                "parameters": {"before": 1000, "after": 1200, "control": 1190},
+                "before": s(before), "after": s(after), "control": s(control),
+                "paper": {"before": 98.07, "after": 99.42} if ds == "mnist" else None}
+
+    md = table1_markdown([row("mnist", [98.0, 98.2], [98.5, 98.7], [98.6, 98.9])])
+    assert "| MNIST | 2 | 98.07 | 99.42 | 98.10 ± 0.14 | 98.60 ± 0.14 | 98.75 ± 0.21 |" in md
+    assert "control wins by 0.15 (within one std)" in md
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    for ds in ("fashion_mnist", "mnist", "cifar10"):
+        (rows / f"{ds}.json").write_text(json.dumps(row(ds, [90.0], [91.0], [90.5])))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"dataset": {"fashion_mnist": {}, "mnist": {}}, "hardware": {}}))
+    out = tmp_path / "table1.md"
+    table1.main(["--rows", str(rows), "--table", str(out), "--params", str(params)])
+    body = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [line.split("|")[1].strip() for line in body] == ["MNIST", "FASHION_MNIST"]  # paper order, selected only
+    assert "adjusted wins by 0.50 (n=1: no spread)" in body[0]
+
+
+@pytest.mark.slow
+def test_similarity_adjust_retrain_table_on_synthetic(tmp_path):
+    """The three stages and the table end to end on a tiny synthetic dataset (seconds)."""
+    from cnnvis import data as D
+    from cnnvis.attribution.deconvnet import project_feature_maps
+    from cnnvis.config import HardwareConfig, TrainConfig, to_dict
+    from cnnvis.io import load_checkpoint
+    from cnnvis.models import conv_layers
+    from stages import adjust_architecture, retrain, similarity, table1
+    from stages.train_baseline import fit
+
+    train, test, classes = D.make_synthetic(28, 512, 128, seed=0)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    D.save_npz(raw, D.RawDataset("synthetic", train, test, classes, "synthetic"))
+    model_cfg = ModelConfig(widths=(6, 8), kernel_sizes=(3, 3), hidden=16)
+    train_cfg = TrainConfig(epochs=2, batch_size=64, val_size=64, augment="none")
+    hw = HardwareConfig(threads=1, progress="none")
+    m = tmp_path / "m"
+    fit(raw, model_cfg, train_cfg, hw, out=m / "baseline.pt", metrics_path=m / "baseline.json", live_dir=None,
+        resume_dir=None, tag="baseline")
+    model, state = load_checkpoint(m / "baseline.pt")
+    idx = np.arange(4)
+    x = D.normalize(D.to_tensor(test.images[idx]), state["spec"]["mean"], state["spec"]["std"])
+    arrays = {f"recon_{i}": project_feature_maps(model, c, x, rectify=True).numpy().astype(np.float16)
+              for i, (_, c) in enumerate(conv_layers(model))}
+    np.savez(m / "recon.npz", layers=np.array([n for n, _ in conv_layers(model)]), probe_labels=test.labels[idx],
+             probe_indices=idx, **arrays)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "dataset": {"synthetic": {"name": "synthetic"}}, "hardware": to_dict(hw), "train": to_dict(train_cfg),
+        "similarity": {"agreement_maps": 8},
+        "adjust": {"lower": 0.9, "upper": 0.95, "max_steps": 1, "search_train_images": 448, "search_val_images": 64,
+                   "probe_images": 4, "growth": "add", "growth_step": 4, "max_width": 16},
+    }))
+    p = ["--params", str(params), "--dataset", "synthetic"]
+    similarity.main([*p, "--recon", str(m / "recon.npz"), "--metrics", str(m / "similarity.json"),
+                     "--arrays", str(m / "similarity.npz"), "--figures", str(tmp_path / "fig_sim")])
+    adjust_architecture.main([*p, "--data", str(raw), "--baseline", str(m / "baseline.pt"),
+                              "--baseline-metrics", str(m / "baseline.json"), "--similarity", str(m / "similarity.json"),
+                              "--recon", str(m / "recon.npz"), "--out", str(m / "adjusted.yaml"),
+                              "--log", str(m / "adjust.json")])
+    log = json.loads((m / "adjust.json").read_text())
+    grown = [d for d in log["decisions"] if d["action"] == "grow"]
+    assert grown and all(d["to"] == d["from"] + 4 for d in grown)  # band [0.9, 0.95]: every layer is "low"
+    assert any(s["phase"] == "grow" and s["proxy_top1"] is not None for s in log["steps"])
+    retrain.main([*p, "--data", str(raw), "--adjusted", str(m / "adjusted.yaml"),
+                  "--baseline-metrics", str(m / "baseline.json"), "--recon", str(m / "recon.npz"),
+                  "--out", str(m / "adjusted.pt"), "--control-out", str(m / "control.pt"),
+                  "--metrics", str(m / "adjusted.json"), "--rows", str(tmp_path / "rows" / "synthetic.json"),
+                  "--figures", str(tmp_path / "fig_adj"), "--resume-dir", str(tmp_path / "resume")])
+    adj = json.loads((m / "adjusted.json").read_text())
+    assert adj["widths"]["after"] == yaml.safe_load((m / "adjusted.yaml").read_text())["widths"]
+    ratio = adj["parameters"]["control"] / adj["parameters"]["after"]
+    assert 0.8 < ratio < 1.2 and adj["widths"]["control"] != adj["widths"]["after"]
+    assert {"p1_fig13.png", "p1_fig14.png"} <= {f.name for f in (tmp_path / "fig_adj").iterdir()}
+    table1.main(["--params", str(params), "--rows", str(tmp_path / "rows"), "--table", str(tmp_path / "table1.md")])
+    assert "| synthetic | 1 |" in (tmp_path / "table1.md").read_text()

@@ -234,18 +234,25 @@ def complexity(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, int]
 
 
 @torch.no_grad()
-def cpu_latency_ms(model: nn.Module, example_inputs: torch.Tensor, *, repeats: int = 30, warmup: int = 5) -> dict[str, float]:
-    """Median and spread (min, max) of one forward on CPU in eval mode, in ms (n = ``repeats``)."""
-    was = model.training
-    model.eval()
+def cpu_latency_ms(models: Mapping[str, nn.Module], example_inputs: torch.Tensor, *, repeats: int = 30, warmup: int = 3) -> dict[str, dict[str, float]]:
+    """Per model: median and spread (min, max) of one forward in eval mode, in ms (n = ``repeats``).
+
+    The models' runs are interleaved (a, b, a, b, ...) so that a neighbour's load on a
+    shared machine falls on all of them alike rather than on whichever ran second.
+    """
+    was = {k: m.training for k, m in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in models}
     try:
-        for _ in range(warmup):
-            model(example_inputs)
-        times = []
+        for m in models.values():
+            m.eval()
+            for _ in range(warmup):
+                m(example_inputs)
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(example_inputs)
-            times.append(1000.0 * (time.perf_counter() - t0))
+            for k, m in models.items():
+                t0 = time.perf_counter()
+                m(example_inputs)
+                times[k].append(1000.0 * (time.perf_counter() - t0))
     finally:
-        model.train(was)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "n": repeats}
+        for k, m in models.items():
+            m.train(was[k])
+    return {k: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "n": repeats} for k, v in times.items()}

@@ -71,7 +71,7 @@ class Synthesized:
     images: torch.Tensor
     initial: torch.Tensor  # objective at the start, N
     final: torch.Tensor  # objective at the end, N
-    history: torch.Tensor  # objective after each step, steps×N
+    history: torch.Tensor  # objective before each step, then the final one: (steps + 1)×N
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class Inversion:
     layer: str
     images: torch.Tensor
     rel_error: torch.Tensor  # ‖φ(x) − φ0‖ / ‖φ0‖ at the end, N
-    history: torch.Tensor  # relative error after each step, steps×N
+    history: torch.Tensor  # relative error before each step, then the final one: (steps + 1)×N
 
 
 # --------------------------------------------------------------------------- regularizers

@@ -181,8 +181,8 @@ def run(model: torch.nn.Module, state: dict, test_u8: torch.Tensor, test_y: torc
         logit_diff = max((masked(x[i : i + 1000]) - small(x[i : i + 1000])).abs().max().item() for i in range(0, len(x), 1000))
     lat_x = x[: cfg.latency_batch] if len(x) >= cfg.latency_batch else x[:1].expand(cfg.latency_batch, *x.shape[1:])
     before, after = P.complexity(model, example), P.complexity(small, example)
-    lat_before = P.cpu_latency_ms(model, lat_x, repeats=cfg.latency_repeats)
-    lat_after = P.cpu_latency_ms(small, lat_x, repeats=cfg.latency_repeats)
+    lat = P.cpu_latency_ms({"before": model, "after": small}, lat_x, repeats=cfg.latency_repeats)
+    lat_before, lat_after = lat["before"], lat["after"]
     small_cfg = None
     model_cfg = parse(ModelConfig, state["model"], "checkpoint.model")
     if model_cfg.name == "p1_cnn" and layers == I.conv_layer_names(model):  # the smaller net is a P1CNN of new widths

@@ -27,7 +27,10 @@ def copy_repo(dest: Path) -> Path:
             continue  # outputs of the full run: the ci run makes its own
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dest / f)
+    git = ["git", "-c", "user.name=cnnvis-test", "-c", "user.email=test@localhost"]
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(git + ["add", "-A"], cwd=dest, check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "copy"], cwd=dest, check=True)  # a clean clone has a commit
     return dest
 
 

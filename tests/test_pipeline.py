@@ -24,7 +24,8 @@ FULL_TOLERANCE = 0.5  # a committed accuracy may not fall by more than this
 @pytest.fixture(scope="module")
 def ci_run(tmp_path_factory):
     repo = copy_repo(tmp_path_factory.mktemp("repo"))
-    composed = run(["python", "-m", "stages.compose", "experiment=ci"], repo)
+    # one torch thread: pytest runs two workers on two cores; oversubscribed OpenMP threads are 10x slower
+    composed = run(["python", "-m", "stages.compose", "experiment=ci", "hardware.threads=1"], repo)
     assert composed.returncode == 0, composed.stderr
     t0 = time.perf_counter()
     first = run(["dvc", "repro"], repo)

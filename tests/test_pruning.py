@@ -108,8 +108,10 @@ def test_evaluate_per_class_table_and_sweep():
 
 
 def test_cpu_latency_reports_spread():
-    lat = P.cpu_latency_ms(p1(), X[:1], repeats=3, warmup=1)
-    assert lat["min_ms"] <= lat["median_ms"] <= lat["max_ms"] and lat["n"] == 3
+    model = p1().train()
+    lat = P.cpu_latency_ms({"a": model, "b": P.remove_filters(model, REMOVED, X[:1])}, X[:1], repeats=3, warmup=1)
+    assert all(v["min_ms"] <= v["median_ms"] <= v["max_ms"] and v["n"] == 3 for v in lat.values())
+    assert model.training
 
 
 # --------------------------------------------------------------------------- the stage

@@ -43,7 +43,7 @@ def importance_grid(overall: torch.Tensor, same: torch.Tensor, other: torch.Tens
         fig.colorbar(im, ax=ax, shrink=0.8, label="‖∂y_c/∂W_f‖ (mean over inputs)")
     fig.suptitle(f"Filter importance of {layer} ({overall.numel()} filters as {rows}×{cols}); "
                  f"same/different panels share one colour scale", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.92))  # room for the suptitle above the panel titles
     return fig
 
 

@@ -156,11 +156,14 @@ class TrainResult:
 
 def train(model: nn.Module, data: TensorData, cfg: TrainConfig, hw: HardwareConfig | None = None, *,
           resume: dict | None = None, on_epoch_end: Callable[[dict], None] | None = None,
+          on_step: Callable[[int], None] | None = None,
           progress: Progress = _no_progress, epoch_offset: int = 0) -> TrainResult:
     """Train ``model`` in place on ``data``; return per-epoch history.
 
     ``resume`` is a state dict previously handed to ``on_epoch_end``; training
-    continues after its epoch. ``epoch_offset`` shifts the RNG stream (used
+    continues after its epoch. ``on_step(n)`` runs after the n-th optimizer
+    step (1-based, counted over the whole run) for step-level probes; it must
+    leave the model's mode as it found it. ``epoch_offset`` shifts the RNG stream (used
     when a caller extends a finished run by more epochs).
     """
     hw = hw or HardwareConfig()
@@ -208,7 +211,8 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig, hw: HardwareConf
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         batches = range(0, n, cfg.batch_size)
-        for i in progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, leave=False):
+        for step, i in enumerate(progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch,
+                                          leave=False), start=epoch * steps_per_epoch + 1):
             idx = perm[i : i + cfg.batch_size]
             xb = train_x[idx] if prenormalized else normalize_batch(train_x[idx], mean, std)
             if cfg.augment != "none":
@@ -232,6 +236,8 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig, hw: HardwareConf
             sched.step()
             loss_sum += loss.detach() * len(idx)
             correct += (logits.argmax(1) == yb).sum()
+            if on_step is not None:
+                on_step(step)
         dt = time.perf_counter() - t0
         result.train_seconds += dt
         result.images_seen += n

@@ -18,7 +18,6 @@ import argparse
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,33 +39,26 @@ log = logging.getLogger("cnnvis.train_encdec")
 
 
 class SnapshotRecorder:
-    """Records the probe maps after given optimizer steps.
+    """Records the probe maps after given optimizer steps (``training.train``'s ``on_step``).
 
-    ``training.train`` has no per-step callback, but it iterates its batches
-    through the ``progress`` wrapper; the wrapper resumes after each finished
-    step, which is where the maps are taken (eval mode, no grad; the training
-    mode is restored so the run is unchanged).
+    Maps are taken in eval mode without grad; ``predict_maps`` restores the
+    training mode, so the run is unchanged.
     """
 
-    def __init__(self, model: E.EncDec, probes_u8: torch.Tensor, mean: tuple, std: tuple,
-                 steps: dict[int, float], inner: Callable[..., Iterable]):
+    def __init__(self, model: E.EncDec, probes_u8: torch.Tensor, mean: tuple, std: tuple, steps: dict[int, float]):
         self.model, self.probes, self.mean, self.std = model, probes_u8, mean, std
-        self.steps, self.inner = steps, inner
-        self.step = 0
+        self.steps = steps
         self.epochs: list[float] = []
         self.maps: list[torch.Tensor] = []  # each P×C×m×m
         self.seconds = 0.0
 
-    def __call__(self, iterable: Iterable, **kw: Any) -> Iterable:
-        for item in self.inner(iterable, **kw):
-            yield item
-            self.step += 1
-            if self.step in self.steps:
-                t0 = time.perf_counter()
-                maps, _ = E.predict_maps(self.model, self.probes, self.mean, self.std)
-                self.epochs.append(self.steps[self.step])
-                self.maps.append(maps)
-                self.seconds += time.perf_counter() - t0
+    def __call__(self, step: int) -> None:
+        if step in self.steps:
+            t0 = time.perf_counter()
+            maps, _ = E.predict_maps(self.model, self.probes, self.mean, self.std)
+            self.epochs.append(self.steps[step])
+            self.maps.append(maps)
+            self.seconds += time.perf_counter() - t0
 
 
 def snapshot_steps(epochs: tuple[float, ...], train_epochs: int, steps_per_epoch: int) -> dict[int, float]:
@@ -135,8 +127,8 @@ def main(argv: list[str] | None = None) -> None:
                                image_size=spec["image_size"])
     steps_per_epoch = math.ceil(len(td.train_y) / tcfg.batch_size)
     recorder = SnapshotRecorder(model, probes, td.mean, td.std,
-                                snapshot_steps(cfg.snapshot_epochs, tcfg.epochs, steps_per_epoch), progress_factory(hw))
-    result = training.train(model, td, tcfg, hw, progress=recorder)
+                                snapshot_steps(cfg.snapshot_epochs, tcfg.epochs, steps_per_epoch))
+    result = training.train(model, td, tcfg, hw, on_step=recorder, progress=progress_factory(hw))
     model.cpu()
     maps, logits = E.predict_maps(model, td.test_x, td.mean, td.std, batch_size=tcfg.eval_batch_size)
     test = training.classification_metrics(logits, td.test_y, num_classes)

@@ -104,3 +104,12 @@ def test_onecycle_survives_very_short_runs():
             opt.step()
             sched.step()
         assert all(0 <= lr <= 0.1 + 1e-12 for lr in used), used
+
+
+def test_on_step_counts_every_optimizer_step(synthetic_data):
+    import math
+
+    seen: list[int] = []
+    train(fresh_model(), synthetic_data, CFG, HW, on_step=seen.append)
+    per_epoch = math.ceil(len(synthetic_data.train_y) / CFG.batch_size)
+    assert seen == list(range(1, CFG.epochs * per_epoch + 1))

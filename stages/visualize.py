@@ -274,6 +274,9 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             metrics["synthesis"] = SYNTHESIS.run(model, spec, test_u8, test_y, params, fig_dir)
             metrics["timings"]["synthesis_s"] = round(time.perf_counter() - t0, 2)
+            missing = [f for f in getattr(SYNTHESIS, "OUTPUTS_EXTRA", ()) if not (fig_dir / f).exists()]
+            if missing:  # its extra files (the volume) live in the figures directory, a DVC out of this stage
+                raise RuntimeError(f"stages/_viz_synthesis.py did not write {', '.join(missing)}")
         else:
             log.warning("stages/_viz_synthesis.py not found: feature synthesis and activation figures skipped")
         with atomic_path(args.recon) as tmp, open(tmp, "wb") as f:

@@ -215,13 +215,15 @@ class _SafeFormat(dict):
 
 
 def stage_times(metrics: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Wall time per stage output: ``seconds`` (whole stage) and ``train_seconds`` when written."""
+    """Wall time per stage output: ``stage_seconds`` (whole stage, written by every stage's wrapper; else a
+    stage's own ``seconds``) and ``train_seconds`` when written."""
     rows = []
     for ds, files in metrics.items():
         for fname, doc in sorted(files.items()):
             if not isinstance(doc, Mapping):
                 continue
-            sec, train = _number(doc.get("seconds")), _number(doc.get("train_seconds"))
+            sec = _number(doc.get("stage_seconds", doc.get("seconds")))
+            train = _number(doc.get("train_seconds"))
             if sec is None and train is None:
                 continue
             rows.append({"dataset": ds, "stage": fname.removesuffix(".json"), "seconds": sec, "train_seconds": train,

@@ -101,11 +101,33 @@ def stage_main(name: str) -> Callable[[Callable[..., None]], Callable[..., None]
             except KeyboardInterrupt:
                 print(f"{name}: interrupted; outputs left untouched", file=sys.stderr)
                 raise SystemExit(130) from None
-            log.info("%s done in %.1f s", name, time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+            _record_stage_seconds(sys.argv[1:] if argv is None else argv, seconds)
+            log.info("%s done in %.1f s", name, seconds)
 
         return wrapper
 
     return deco
+
+
+def _record_stage_seconds(argv: list[str], seconds: float) -> None:
+    """Add the stage's wall time to its ``--metrics`` JSON (the report's provenance shows time per stage)."""
+    import json
+
+    from cnnvis.io import save_json
+
+    path = None
+    for i, tok in enumerate(argv):
+        if tok == "--metrics" and i + 1 < len(argv):
+            path = Path(argv[i + 1])
+        elif tok.startswith("--metrics="):
+            path = Path(tok.split("=", 1)[1])
+    if path is None or not path.is_file():
+        return
+    doc = json.loads(path.read_text())
+    if isinstance(doc, dict):
+        doc["stage_seconds"] = round(seconds, 1)
+        save_json(path, doc)
 
 
 def add_common_args(parser: Any) -> None:

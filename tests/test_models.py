@@ -80,17 +80,22 @@ def test_pretrained_offline_is_one_clear_line(monkeypatch, tmp_path):
         build_model(ModelConfig(name="resnet18", pretrained=True), in_channels=3, num_classes=10, image_size=32)
 
 
-def test_pretrained_cache_file_hash_is_checked(monkeypatch, tmp_path):
-    """Offline with a file of the right name but wrong content in the hub cache: rejected, not loaded."""
+def test_pretrained_from_cache_file_offline(monkeypatch, tmp_path):
+    """Offline with the weights file in the hub cache: the real loading path runs and every fitting tensor loads."""
     import torchvision
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     ckpt_dir = tmp_path / "hub" / "checkpoints"
     ckpt_dir.mkdir(parents=True)
-    torch.save(torchvision.models.resnet18().state_dict(), ckpt_dir / "resnet18-f37072fd.pth")
-    with pytest.raises(CheckpointError, match="resnet18 ImageNet weights unavailable"):
-        build_model(ModelConfig(name="resnet18", pretrained=True, small_input_stem=False),
-                    in_channels=3, num_classes=10, image_size=64)
+    torch.manual_seed(1)
+    ref = torchvision.models.resnet18()
+    torch.save(ref.state_dict(), ckpt_dir / "resnet18-f37072fd.pth")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    model = build_model(ModelConfig(name="resnet18", pretrained=True, small_input_stem=False),
+                        in_channels=3, num_classes=10, image_size=64)
+    torch.testing.assert_close(model.layer3[1].conv2.weight, ref.layer3[1].conv2.weight)
+    torch.testing.assert_close(model.conv1.weight, ref.conv1.weight)  # same stem shape: loaded too
+    assert model.fc.out_features == 10  # the ImageNet classifier is not loaded
 
 
 def test_unknown_model_name():

@@ -105,3 +105,12 @@ def test_train_stage_end_to_end_and_resume(tmp_path):
     assert (tmp_path / "live" / "plots" / "metrics" / "val_top1.tsv").exists()
     assert not list((tmp_path / "resume").glob("*.pt"))  # scratch removed after success
     np.testing.assert_equal(metrics["test"]["n"], 60)
+
+
+def test_stage_wall_time_recorded_in_metrics(tmp_path):
+    from stages._common import _record_stage_seconds
+
+    (tmp_path / "m.json").write_text('{"test": {"top1": 90.0}}')
+    _record_stage_seconds(["--dataset", "x", "--metrics", str(tmp_path / "m.json")], 12.34)
+    doc = yaml.safe_load((tmp_path / "m.json").read_text())
+    assert doc == {"test": {"top1": 90.0}, "stage_seconds": 12.3}

@@ -72,3 +72,32 @@ def test_committed_full_run_metrics_did_not_drop():
     expected = load_expected(FULL_EXPECTED)
     problems = compare(current, expected["metrics"], expected["tolerance_points"], lower_only=True)
     assert not problems, "committed accuracy fell:\n" + "\n".join(problems)
+
+
+PAPER_TOLERANCE = 2.0  # accuracy points a committed result may sit below the paper's on the same dataset
+
+
+def test_committed_metrics_against_paper_where_datasets_match():
+    """Where a committed dataset is one a paper reports (MNIST, CIFAR, Tiny ImageNet), ours may not fall
+    more than PAPER_TOLERANCE points below the paper's accuracy; error columns are not compared."""
+    import json
+
+    import yaml
+
+    from cnnvis.report import comparison_table
+
+    reference = yaml.safe_load((ROOT / "reports" / "paper_reference.yaml").read_text())
+    metrics = {d.name: {f.name: json.loads(f.read_text()) for f in d.glob("*.json")}
+               for d in (ROOT / "reports" / "metrics").iterdir() if d.is_dir()}
+    compared, problems = 0, []
+    for spec in reference["tables"]:
+        if "error" in str(spec.get("unit", "")).lower():
+            continue
+        for row in comparison_table(spec, metrics).rows:
+            for column, delta in row.delta.items():
+                compared += 1
+                if delta < -PAPER_TOLERANCE:
+                    problems.append(f"{spec['id']} {row.dataset} {row.label} {column}: {delta:+.2f} points vs the paper")
+    if compared == 0:
+        pytest.skip(f"no committed dataset ({', '.join(sorted(metrics))}) is one the papers report")
+    assert not problems, "\n".join(problems)

@@ -91,8 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"p1_cnn 32/64 5x5, 28x28x1, batch {cfg.batch_size}, {len(data.train_y)} images x {args.epochs} epoch(s), "
           f"{torch.get_num_threads()} threads, median of {args.repeats}")
     for k, v in med.items():
-        spread = f"{min(runs[k]):.0f}-{max(runs[k]):.0f}"
-        print(f"  {k:<11} {v:8.0f} images/s  (range {spread})  ratio vs minimal {v / med['minimal']:.3f}")
+        # paired: each repeat's ratio against the minimal loop timed right beside it, so load drifts cancel
+        ratios = [a / b for a, b in zip(runs[k], runs["minimal"], strict=True)]
+        print(f"  {k:<11} {v:8.0f} images/s (range {min(runs[k]):.0f}-{max(runs[k]):.0f})  ratio vs minimal: "
+              f"median {statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f})")
 
 
 if __name__ == "__main__":

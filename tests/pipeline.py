@@ -13,6 +13,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCURACY_KEYS = ("top1", "top5")
+ID_FIELDS = ("perturbation", "model", "class", "name", "fraction")
 
 
 def copy_repo(dest: Path) -> Path:
@@ -58,6 +59,11 @@ def accuracy_leaves(obj, prefix: str = "") -> dict[str, float]:
                 out[path] = float(v)
             elif isinstance(v, dict):
                 out.update(accuracy_leaves(v, path))
+            elif isinstance(v, list):  # table rows: keyed by their identifying fields, not their position
+                for i, row in enumerate(v):
+                    if isinstance(row, dict):
+                        ident = ",".join(f"{f}={row[f]}" for f in ID_FIELDS if isinstance(row.get(f), (str, int)))
+                        out.update(accuracy_leaves(row, f"{path}[{ident or i}]"))
     return out
 
 

@@ -101,3 +101,18 @@ def test_committed_metrics_against_paper_where_datasets_match():
     if compared == 0:
         pytest.skip(f"no committed dataset ({', '.join(sorted(metrics))}) is one the papers report")
     assert not problems, "\n".join(problems)
+
+
+def test_regression_check_names_the_metric_that_fell():
+    from pipeline import accuracy_leaves
+
+    doc = {"test": {"top1": 91.0, "loss": 0.3}, "history": [{"val_top1": 1.0}],
+           "rows": [{"perturbation": "blur3", "model": "baseline", "top1": 88.0}]}
+    leaves = accuracy_leaves(doc)
+    assert leaves == {"test.top1": 91.0, "rows[perturbation=blur3,model=baseline].top1": 88.0}
+    expected = {"m.json": {"test.top1": 92.0, "rows[perturbation=blur3,model=baseline].top1": 88.2}}
+    problems = compare({"m.json": leaves}, expected, 0.5, lower_only=True)
+    assert problems == ["m.json:test.top1 = 91.000, expected 92.000 ± 0.5 points"]
+    assert compare({"m.json": {**leaves, "test.top1": 99.0}}, expected, 0.5, lower_only=True) == []  # rising is fine
+    assert compare({}, expected, 0.5) == ["m.json:test.top1 missing (expected 92.0)",
+                                          "m.json:rows[perturbation=blur3,model=baseline].top1 missing (expected 88.2)"]

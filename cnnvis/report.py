@@ -39,7 +39,7 @@ HEADING_SHIFT = 3  # levels a stage table's own headings move down on the page a
 class ReportConfig:
     title: str = opt("cnnvis — four papers on seeing inside CNNs, reproduced")
     # base64 data URIs make index.html work wherever it is copied; False links the PNGs relatively
-    embed_images: bool = opt(True)
+    embed_images: bool = opt(False)
     image_suffixes: tuple[str, ...] = opt((".png", ".jpg", ".jpeg", ".svg", ".gif", ".webp"), min_length=1)
     decimals: int = opt(2, ge=0, le=6)
     # scalar metrics per file in the "all metrics" appendix (the rest is in the JSON)

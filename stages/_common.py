@@ -72,6 +72,14 @@ class Params:
     def hardware(self) -> HardwareConfig:
         return self.section("hardware", HardwareConfig)
 
+    def apply_hardware(self) -> HardwareConfig:
+        """Validate the hardware section and apply it (threads, backend flags) for the whole stage."""
+        from cnnvis.training import apply_hardware
+
+        hw = self.hardware
+        apply_hardware(hw)
+        return hw
+
 
 def progress_factory(hw: HardwareConfig) -> Callable[..., Iterable]:
     """A tqdm bar on a terminal; nothing (the library logs a line per epoch) otherwise."""

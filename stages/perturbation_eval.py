@@ -101,9 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     params = Params.load(args.params, PARAMS, args.dataset)
     cfg: P.PerturbConfig = params.section("perturb", P.PerturbConfig)
-    hw = params.hardware
-    if hw.threads > 0:
-        torch.set_num_threads(hw.threads)
+    params.apply_hardware()
     from cnnvis.plotting import perturb as PP  # plotting is a leaf: only stages import it
 
     raw = D.load_npz(args.data)

@@ -260,9 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     params = Params.load(args.params, PARAMS, args.dataset)
     cfg = params.section("prune", P.PruneConfig)
-    hw = params.hardware
-    if hw.threads > 0:
-        torch.set_num_threads(hw.threads)
+    hw = params.apply_hardware()
     model, state = load_checkpoint(args.checkpoint)
     raw = D.load_npz(args.data)
     test_u8, test_y = D.to_tensor(raw.test.images), torch.as_tensor(raw.test.labels)

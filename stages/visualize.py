@@ -257,9 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     params = Params.load(args.params, PARAMS, args.dataset)
     cfg = params.section("visualize", A.VisualizeConfig)
-    hw = params.hardware
-    if hw.threads > 0:
-        torch.set_num_threads(hw.threads)
+    params.apply_hardware()
     model, state = load_checkpoint(args.model)
     spec = state["spec"]
     raw = D.load_npz(args.data)

@@ -52,7 +52,7 @@ def accuracy_leaves(obj, prefix: str = "") -> dict[str, float]:
     out: dict[str, float] = {}
     if isinstance(obj, dict):
         for k, v in obj.items():
-            if k in ("history",):
+            if k in ("history", "paper"):  # per-epoch curves; the papers' own numbers quoted in a metrics file
                 continue
             path = f"{prefix}.{k}" if prefix else str(k)
             if isinstance(v, (int, float)) and not isinstance(v, bool) and (k in ACCURACY_KEYS or k.endswith(("_top1", "_top5", "accuracy"))):

@@ -223,7 +223,8 @@ def test_report_stage_writes_page_results_and_readme_block(tmp_path):
     for t in ref["tables"]:
         assert f'data-table="{t["id"]}"' in html
         assert t["title"] in md
-    assert html.count("data:image/png;base64,") == len(FIGURES)
+    assert html.count('<img src="figures/') == len(FIGURES)  # default: the committed PNGs, linked relatively
+    assert "data:image/png;base64," not in html
     assert "98.50 (n=1), Δ +0.43" in md  # ours beside the paper's MNIST 98.07
     assert "Missing for mnist" in html  # e.g. Fig. 7 has no file
     assert "gradcam" in md and "rank correlation" in md  # beyond table (CSV) in Markdown too
@@ -238,7 +239,7 @@ def test_readme_without_markers_is_left_alone(tmp_path):
     assert (tmp_path / "README.md").read_text() == "# Project\nno block here\n"
 
 
-def test_relative_images_when_not_embedded(tmp_path):
+def test_relative_or_embedded_images(tmp_path):
     from stages.report import read_figures
 
     f = tmp_path / "reports/figures/mnist"
@@ -247,6 +248,8 @@ def test_relative_images_when_not_embedded(tmp_path):
     cfg = R.ReportConfig(embed_images=False)
     assert read_figures(tmp_path / "reports/figures", ["mnist"], cfg, tmp_path / "reports") == {
         "mnist": [("p1_fig08_x.png", "figures/mnist/p1_fig08_x.png")]}
+    embedded = read_figures(tmp_path / "reports/figures", ["mnist"], R.ReportConfig(embed_images=True), tmp_path / "reports")
+    assert embedded["mnist"][0][1].startswith("data:image/png;base64,")
 
 
 def test_readme_results_block_equals_results_md():

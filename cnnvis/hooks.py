@@ -115,8 +115,11 @@ class RuleSwitch:
 
 
 class _RuleReLU(torch.autograd.Function):
-    """ReLU whose backward follows ``switch.rule`` at backward time (x: the ReLU input).
+    """ReLU whose backward follows ``switch.rule`` at backward time.
 
+    Inputs: the ReLU module's input x and its already computed output relu(x)
+    (returned as a view, so the forward costs nothing; the mask x > 0 is read
+    from the output: relu(x) > 0 ⇔ x > 0). The gradient goes to x only.
     None: the plain gradient g·[x > 0]; "guided": relu(g)·[x > 0]; "deconvnet": relu(g).
     Supports ``autograd.grad(..., is_grads_batched=True)`` (vmap over the backward).
     """
@@ -124,25 +127,25 @@ class _RuleReLU(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x: torch.Tensor, switch: RuleSwitch) -> torch.Tensor:
-        return x.clamp(min=0)
+    def forward(x: torch.Tensor, out: torch.Tensor, switch: RuleSwitch) -> torch.Tensor:
+        return out.view_as(out)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        x, switch = inputs
+        _x, out, switch = inputs
         ctx.switch = switch
-        ctx.save_for_backward(x)
+        ctx.save_for_backward(out)
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
         rule = ctx.switch.rule
         if rule == "deconvnet":
-            return g.clamp(min=0), None
-        (x,) = ctx.saved_tensors
+            return g.clamp(min=0), None, None
+        (out,) = ctx.saved_tensors
+        g = torch.ops.aten.threshold_backward(g, out, 0)  # g·[x > 0] in one fused pass (ReLU's own backward)
         if rule == "guided":
-            g = g.clamp(min=0)
-        # g·[x > 0] in one fused pass (the kernel of ReLU's own backward)
-        return torch.ops.aten.threshold_backward(g, x, 0), None
+            g = g.clamp_(min=0)
+        return g, None, None
 
 
 @contextlib.contextmanager
@@ -156,8 +159,8 @@ def relu_rule(model: nn.Module, rule: str | None) -> Iterator[RuleSwitch]:
         raise ValueError(f"rule = {rule!r}: unknown; allowed: {', '.join(RULES)}, None")
     switch = RuleSwitch(rule)
 
-    def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], _out: torch.Tensor) -> torch.Tensor:
-        return _RuleReLU.apply(inp[0], switch)  # same forward value, the switch's backward
+    def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
+        return _RuleReLU.apply(inp[0], out.detach(), switch)  # the module's own output, the switch's backward
 
     handles = []
     try:

@@ -142,6 +142,66 @@ def test_project_feature_maps_strided_dilated_rgb_equals_captum():
             torch.testing.assert_close(proj[:, k], ref, atol=ATOL, rtol=0)
 
 
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    g = torch.Generator().manual_seed(3)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.weight.shape, generator=g) * 2 - 0.5  # some negative gammas
+            m.running_mean = torch.randn(m.running_mean.shape, generator=g) * 0.1
+            m.running_var = torch.rand(m.running_var.shape, generator=g) + 0.5
+    return model.eval()
+
+
+def _closed_form_cases() -> list[tuple[str, nn.Module, torch.Tensor, bool]]:
+    """(name, model, images, whether the closed form must be taken for the second conv)."""
+    torch.manual_seed(0)
+    bn = build_model(parse(ModelConfig, {"name": "p1_cnn", "widths": [8, 6], "kernel_sizes": [5, 3],
+                                         "batchnorm": True}, "model"), in_channels=3, num_classes=4, image_size=29)
+    odd = nn.Sequential(nn.Conv2d(2, 5, (3, 5), padding=(0, 1)), nn.ReLU(), nn.MaxPool2d(3),
+                        nn.Conv2d(5, 4, 3, padding=2), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+    overlapping = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=2),
+                                nn.Conv2d(4, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    g = torch.Generator().manual_seed(4)
+    cases = [("p1_cnn BN RGB 29px", _randomize_bn(bn), torch.randn(3, 3, 29, 29, generator=g), True),
+             ("3x5 kernel, 3x3 pool, padding 2", odd, torch.randn(2, 2, 20, 23, generator=g), True),
+             ("overlapping pool", overlapping, torch.randn(2, 1, 12, 12, generator=g), False)]
+    for _, m, x, _ in cases:
+        m(x)  # materialize lazy layers
+        m.eval()
+    return cases
+
+
+@pytest.mark.parametrize("case", range(3))
+@pytest.mark.parametrize("mode", ["all", "max"])
+def test_project_feature_maps_closed_form_equals_captum_and_autograd(case, mode, monkeypatch):
+    """The closed-form first block (unpool, ReLU rule, BN scale, transposed filters fused) equals autograd."""
+    from captum.attr import NeuronDeconvolution
+
+    import cnnvis.attribution.deconvnet as deconv
+
+    name, model, x, closed = _closed_form_cases()[case]
+    layer = conv_layers(model)[1][1]
+    calls = []
+    real = deconv._through_image_block
+    monkeypatch.setattr(deconv, "_through_image_block", lambda *a: calls.append(1) or real(*a))
+    proj = project_feature_maps(model, layer, x, mode=mode, rectify=True)
+    assert bool(calls) == closed, name
+    monkeypatch.setattr(deconv, "_image_block", lambda *_: None)  # the general (autograd) route
+    general = project_feature_maps(model, layer, x, mode=mode, rectify=True)
+    scale = general.abs().max()
+    assert scale > 0
+    torch.testing.assert_close(proj, general, atol=1e-5 * scale, rtol=0)
+    nd = NeuronDeconvolution(model, layer)
+    for k in range(layer.out_channels):
+        if mode == "all":
+            def sel(out, k=k):
+                return 0.5 * out[:, k].clamp(min=0).pow(2).flatten(1).sum(1)
+        else:
+            def sel(out, k=k):
+                return 0.5 * out[:, k].clamp(min=0).flatten(1).max(1).values.pow(2)
+        torch.testing.assert_close(proj[:, k], nd.attribute(x, sel), atol=1e-5 * scale, rtol=0)
+
+
 def test_project_feature_maps_channels_chunks_and_rectify(images):
     model = _model("p1_cnn")
     conv2 = model.features.conv2

@@ -13,7 +13,9 @@ backward). Only the ReLU rule is overridden; autograd does the rest.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -48,16 +50,24 @@ def project_feature_maps(model: nn.Module, layer: nn.Module, images: torch.Tenso
     One batched backward pass serves all maps. For an ``nn.Conv2d`` layer the
     step through the layer is done per map with its own filter only (the other
     maps' signals are zero, so the full transposed convolution would mostly
-    multiply zeros) and the rest of the network is traversed by one vmapped
-    backward (``is_grads_batched``); any other layer replicates the batch once
-    per map.
+    multiply zeros). When the layer directly follows the network's first block
+    (conv → [BN] → ReLU → non-overlapping max-pool on the image, as in paper 1's
+    network) the whole projection is computed in closed form by
+    ``_through_image_block`` (two batched matrix products, no autograd);
+    otherwise the rest of the network is traversed by one vmapped backward
+    (``is_grads_batched``). Any other layer replicates the batch once per map.
     """
     if mode not in MODES:
         raise ValueError(f"mode = {mode!r}: unknown; allowed: {', '.join(MODES)}")
     x = as_input(images)
     n = x.shape[0]
+    block = _image_block(model, layer)
     with model_state_guard(model, eval_mode=True, frozen=True), relu_rule(model, "deconvnet"), \
-            capture(layer, stop=True) as box, torch.enable_grad():
+            contextlib.ExitStack() as stack, torch.enable_grad():
+        if block is not None:  # record the block's input (must be the image) and its pool's input (the switches)
+            block_in = stack.enter_context(capture(block.conv))
+            pool_in = stack.enter_context(capture(block.pool))
+        box = stack.enter_context(capture(layer, stop=True))
         acts = run_until(model, x, box)  # [N, K_layer, h, w], one forward for all maps
         if acts.ndim != 4:
             raise ValueError(f"layer output must be N×K×h×w feature maps, got shape {tuple(acts.shape)}")
@@ -69,10 +79,16 @@ def project_feature_maps(model: nn.Module, layer: nn.Module, images: torch.Tenso
         signal = _signals(acts.detach(), chans.to(acts.device), mode, rectify)  # [N, K, h, w]
         per_pass = len(chans) if max_batch is None else max(1, max_batch // max(n, 1))
         fast = _plain_conv(layer) and box.input is not None
+        switches = None
+        if block is not None and block_in.input is x:
+            switches = _switches(block, pool_in.input, box.input)
         parts = []
         for i in range(0, len(chans), per_pass):
             last = i + per_pass >= len(chans)
-            if fast:
+            if switches is not None:
+                parts.append(_through_image_block(block, layer, switches, x.shape, chans[i : i + per_pass],
+                                                  signal[:, i : i + per_pass]))
+            elif fast:
                 parts.append(_through_conv(layer, box.input, x, chans[i : i + per_pass],
                                            signal[:, i : i + per_pass], retain=not last))
             else:
@@ -117,6 +133,146 @@ def _through_conv(conv: nn.Conv2d, conv_in: torch.Tensor, x: torch.Tensor, chans
         return grads.transpose(0, 1)
     (out,) = torch.autograd.grad(conv_in, x, grads, is_grads_batched=True, retain_graph=retain)
     return out.transpose(0, 1)
+
+
+@dataclass(frozen=True)
+class _ImageBlock:
+    """The network's first block, conv → [BN] → ReLU → max-pool, right before the projected layer."""
+
+    conv: nn.Conv2d
+    bn: nn.BatchNorm2d | None
+    pool: nn.MaxPool2d
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _unit_stride(conv: nn.Module) -> bool:
+    return _plain_conv(conv) and _pair(conv.stride) == (1, 1) and _pair(conv.dilation) == (1, 1)
+
+
+def _image_block(model: nn.Module, layer: nn.Module) -> _ImageBlock | None:
+    """The modules before ``layer`` in its ``nn.Sequential`` when they form a block the closed form covers.
+
+    That is: a stride-1 conv, an optional BatchNorm (eval statistics), a ReLU
+    and a non-overlapping max-pool (kernel = stride, no padding), and ``layer``
+    a stride-1 conv. Whether the block's input is the image is checked at run time.
+    """
+    if not _unit_stride(layer):
+        return None
+    for seq in model.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        children = list(seq.children())
+        at = next((i for i, m in enumerate(children) if m is layer), None)
+        if at is None:
+            continue
+        pre = children[:at]
+        bn = pre.pop(1) if len(pre) == 4 and isinstance(pre[1], nn.BatchNorm2d) else None
+        if len(pre) != 3:
+            return None
+        conv, relu, pool = pre
+        ok = (isinstance(conv, nn.Conv2d) and _unit_stride(conv) and type(relu) is nn.ReLU
+              and isinstance(pool, nn.MaxPool2d) and not pool.ceil_mode and not pool.return_indices
+              and _pair(pool.kernel_size) == _pair(pool.stride) and _pair(pool.padding) == (0, 0)
+              and _pair(pool.dilation) == (1, 1)
+              and (bn is None or bn.running_var is not None))
+        return _ImageBlock(conv, bn, pool) if ok else None
+    return None
+
+
+def _switches(block: _ImageBlock, pool_in: torch.Tensor | None, pooled_seen: torch.Tensor | None) -> torch.Tensor | None:
+    """Where each pooled maximum sits in its pooling window (row-major offset), [N, C, h, w]; None if unusable.
+
+    The max-pool is recomputed with indices on the very tensor the forward pass
+    pooled; its output must equal what the projected layer received.
+    """
+    if pool_in is None or pooled_seen is None:
+        return None
+    sh, sw = _pair(block.pool.kernel_size)
+    with torch.no_grad():
+        pooled, idx = F.max_pool2d(pool_in, (sh, sw), (sh, sw), return_indices=True)
+    if not torch.equal(pooled, pooled_seen):
+        return None
+    width = pool_in.shape[-1]
+    return (idx // width % sh) * sw + idx % width % sw
+
+
+def _through_image_block(block: _ImageBlock, layer: nn.Conv2d, offsets: torch.Tensor, image_shape: torch.Size,
+                         chans: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
+    """Deconvnet projection of each map's signal through ``layer`` and the first block, in closed form.
+
+    1. Transposed conv of map k's signal with filter k alone: the padded signal
+       correlated with the flipped filter, one batched matrix product over maps.
+    2. ReLU rule on the result (it commutes with unpooling: unpooled zeros stay 0).
+    3. Unpooling through the switches, BN's eval scale and the block conv's
+       transposed filters fused: a value pooled from window offset d lands at
+       d + (the filter's footprint), so for each pooled position the map from
+       the C channels to the (offset-shifted) filter footprints is one C × F
+       matrix shared by all maps: a second batched matrix product. The
+       footprints are then summed into the image at stride = pool size.
+    No tensor of the unpooled size N·K·C·H·W is ever formed. [N, K, C_x, H, W].
+    """
+    n, k = signal.shape[:2]
+    c, (kh, kw) = layer.in_channels, _pair(layer.kernel_size)
+    hin, win = offsets.shape[2:]
+    flipped = layer.weight.detach()[chans].flip(-1, -2).reshape(k, c, kh * kw).transpose(1, 2)
+    placed = _placed_filters(block, c)
+    step = max(1, _CACHE_FLOATS // (k * hin * win * c))  # images per product: the working set stays in cache
+    return torch.cat([_image_block_step(block, layer, offsets[i : i + step], image_shape, flipped, placed,
+                                        signal[i : i + step]) for i in range(0, n, step)])
+
+
+_CACHE_FLOATS = 1 << 19  # ~2 MB of float32; 1 image × 64 maps of paper 1's conv2 per step was fastest here
+
+
+def _placed_filters(block: _ImageBlock, c: int) -> torch.Tensor:
+    """The block conv's filters, scaled by BN's eval scale, placed at every pooling-window offset d.
+
+    [sh, sw, C, C_x, qh·sh, qw·sw]: entry [dy, dx, c, :, dy + u, dx + v] = W[c, :, u, v]·scale_c.
+    """
+    conv = block.conv
+    cx, (sh, sw), (fh, fw) = conv.in_channels, _pair(block.pool.kernel_size), _pair(conv.kernel_size)
+    qh, qw = -(-(sh + fh - 1) // sh), -(-(sw + fw - 1) // sw)  # footprint in strides of the pool
+    w1 = conv.weight.detach()
+    if block.bn is not None:
+        bn = block.bn
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        w1 = w1 * (scale if bn.weight is None else bn.weight.detach() * scale)[:, None, None, None]
+    placed = w1.new_zeros(sh, sw, c, cx, qh * sh, qw * sw)
+    for dy in range(sh):
+        for dx in range(sw):
+            placed[dy, dx, :, :, dy : dy + fh, dx : dx + fw] = w1
+    return placed
+
+
+def _image_block_step(block: _ImageBlock, layer: nn.Conv2d, offsets: torch.Tensor, image_shape: torch.Size,
+                      flipped: torch.Tensor, placed: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
+    """``_through_image_block`` for a few images: ``flipped`` [K, kh·kw, C], ``placed`` from ``_placed_filters``."""
+    n, k = signal.shape[:2]
+    c, (kh, kw), (ph, pw) = layer.in_channels, _pair(layer.kernel_size), _pair(layer.padding)
+    hin, win = offsets.shape[2:]
+    # 1-2: g[k, (n, y, x), c] = relu(Σ_uv signal_k[y + u - (kh-1-ph), ...] · flip(W_k)[c, u, v])
+    padded = F.pad(signal.transpose(0, 1), (kw - 1 - pw, kw - 1 - pw, kh - 1 - ph, kh - 1 - ph)).contiguous()
+    st = padded.stride()
+    cols = padded.as_strided((k, n, hin, win, kh, kw), (*st, st[2], st[3])).reshape(k, n * hin * win, kh * kw)
+    g = torch.bmm(cols, flipped).clamp_(min=0)
+    # 3: unpooling, BN scale and the block conv's transposed filters as one product per pooled position
+    sh, sw, _, cx, vh, vw = placed.shape
+    qh, qw = vh // sh, vw // sw
+    rows = (offsets * c + torch.arange(c, device=offsets.device)[:, None, None]).permute(0, 2, 3, 1).reshape(-1, c)
+    per_position = placed.view(sh * sw * c, -1)[rows]  # [N·hin·win, C, C_x·vh·vw]
+    footprints = torch.bmm(per_position.transpose(1, 2), g.permute(1, 2, 0))  # [N·hin·win, C_x·vh·vw, K]
+    src = footprints.view(n, hin, win, cx, qh, sh, qw, sw, k)
+    acc = footprints.new_zeros(n, hin + qh, sh, win + qw, sw, cx, k)
+    for a in range(qh):
+        for b in range(qw):
+            acc[:, a : a + hin, :, b : b + win] += src[:, :, :, :, a, :, b].permute(0, 1, 4, 2, 5, 3, 6)
+    hx, wx = image_shape[2:]
+    p1h, p1w = _pair(block.conv.padding)
+    image = acc.view(n, (hin + qh) * sh, (win + qw) * sw, cx, k)[:, p1h : p1h + hx, p1w : p1w + wx]
+    return image.permute(0, 4, 3, 1, 2)
 
 
 def _replicated(model: nn.Module, box, x: torch.Tensor, chans: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from torch import nn
 
 from cnnvis.config import HardwareConfig, TrainConfig
 from cnnvis.data import TensorData
+from cnnvis.hardware import apply_hardware
 
 log = logging.getLogger(__name__)
 
@@ -34,29 +35,6 @@ def _no_progress(iterable: Iterable, **_: Any) -> Iterable:
     return iterable
 
 
-# --------------------------------------------------------------------------- hardware
-
-
-def resolve_device(hw: HardwareConfig) -> torch.device:
-    if hw.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if hw.device == "cuda" and not torch.cuda.is_available():
-        from cnnvis import ConfigError
-
-        raise ConfigError("hardware.device = 'cuda': no CUDA device visible; use hardware=cpu")
-    return torch.device(hw.device)
-
-
-def apply_hardware(hw: HardwareConfig) -> torch.device:
-    """Set threads and backend flags; return the device."""
-    device = resolve_device(hw)
-    if hw.threads > 0:
-        torch.set_num_threads(hw.threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = hw.cudnn_benchmark
-    return device
-
-
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
@@ -65,7 +43,7 @@ def seed_everything(seed: int) -> None:
 
 
 def normalize_batch(xb_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (xb_u8.float().div_(255.0) - mean) / std
+    return (xb_u8 / 255.0 - mean) / std  # true division: float32 from uint8, never in place
 
 
 def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:

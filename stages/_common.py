@@ -74,7 +74,7 @@ class Params:
 
     def apply_hardware(self) -> HardwareConfig:
         """Validate the hardware section and apply it (threads, backend flags) for the whole stage."""
-        from cnnvis.training import apply_hardware
+        from cnnvis.hardware import apply_hardware
 
         hw = self.hardware
         apply_hardware(hw)

@@ -48,7 +48,6 @@ log = logging.getLogger("cnnvis.retrain")
 
 # Paper 1, Table I: test accuracy (%) before → after the adjustment.
 PAPER_TABLE1 = {"mnist": (98.07, 99.42), "cifar10": (82.25, 91.61), "cifar100": (77.41, 87.79)}
-PAPER_ORDER = ("mnist", "cifar10", "cifar100")
 DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "fashion_mnist": "Fashion-MNIST",
                  "tiny_imagenet": "Tiny ImageNet", "digits": "digits (sklearn)", "synthetic": "synthetic"}
 
@@ -187,49 +186,6 @@ def _run_record(m: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- Table I
-
-
-def _fmt(s: dict | None) -> str:
-    if not s:
-        return "—"
-    return f"{s['mean']:.2f} ± {s['std']:.2f}" if s["n"] > 1 else f"{s['mean']:.2f}"
-
-
-def table1_markdown(rows: list[dict]) -> str:
-    """Paper 1 Table I with our numbers beside the paper's and the uniform-width control."""
-    lines = [
-        "# Table I — test accuracy (%) before and after the pHash-guided width adjustment",
-        "",
-        "Paper 1 §IV, Table I. *Ours*: mean ± std over n seeds (`adjust.seeds`). *Control*: the same parameter count "
-        "as the adjusted model, reached by widening every conv layer by one shared factor (no pHash guidance), "
-        "trained with the same recipe as the adjusted model. Widths are the conv layers' kernel counts.",
-        "",
-        "| dataset | n | paper before | paper after | ours before | ours after | control | widths before → after (control) "
-        "| parameters before → after | guidance vs control |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        paper = r.get("paper") or {}
-        after, control = r.get("after"), r.get("control")
-        if after and control:
-            diff = after["mean"] - control["mean"]
-            spread = max(after["std"], control["std"])
-            verdict = ("adjusted wins" if diff > 0 else "control wins" if diff < 0 else "tie") + f" by {abs(diff):.2f}"
-            if r["seeds"] and len(r["seeds"]) > 1 and abs(diff) <= spread:
-                verdict += " (within one std)"
-            elif len(r["seeds"]) == 1:
-                verdict += " (n=1: no spread)"
-        else:
-            verdict = "—"
-        w = r["widths"]
-        lines.append(
-            f"| {r['name']} | {len(r['seeds'])} | {paper.get('before', '—')} | {paper.get('after', '—')} | "
-            f"{_fmt(r.get('before'))} | {_fmt(after)} | {_fmt(control)} | "
-            f"{w['before']} → {w['after']} ({w['control']}) | "
-            f"{r['parameters']['before']:,} → {r['parameters']['after']:,} | {verdict} |")
-    lines += ["", "Epochs (before / after and control): " + "; ".join(
-        f"{r['name']} {r['epochs']['before']} / {r['epochs']['after']}" for r in rows), ""]
-    return "\n".join(lines)
 
 
 @stage_main("retrain")

@@ -90,23 +90,19 @@ def layer_figures(name: str, ls: S.LayerSimilarity, red: S.Redundancy, pixels: n
 def write_layer_figures(directory: Path, layers: list[str], sims: list[S.LayerSimilarity], reds: list[S.Redundancy],
                         pixels: list[np.ndarray], cfg: S.SimilarityConfig, *, probe_label: str, model_tag: str,
                         paper: dict[int, dict[str, str]]) -> None:
-    """maps_<layer>.png (groups outlined) and matrix_<layer>.png for every layer, plus the paper's
-    figure names (``paper[layer index][kind] = name``; kinds: maps, groups, matrix)."""
+    """Each figure of every layer once: under the paper's name where it has one (``paper[layer
+    index][kind] = name``; kinds: maps, groups, matrix), else maps_<layer>.png (groups outlined)
+    and matrix_<layer>.png; the plain maps figure only as a paper figure."""
+    import matplotlib.pyplot as plt
+
     for i, name in enumerate(layers):
         figs = layer_figures(name, sims[i], reds[i], pixels[i], cfg, probe_label=probe_label, model_tag=model_tag)
-        names = {"maps": [], "groups": [f"maps_{name}"], "matrix": [f"matrix_{name}"]}
-        for kind, fig_name in paper.get(i, {}).items():
-            names[kind].append(fig_name)
+        names = {"maps": None, "groups": f"maps_{name}", "matrix": f"matrix_{name}", **paper.get(i, {})}
         for kind, fig in figs.items():
-            targets = [directory / f"{n}.png" for n in names[kind]]
-            for t in targets[:-1]:
-                fig.savefig(t)
-            if targets:
-                save_figure(targets[-1], fig)
-            else:
-                import matplotlib.pyplot as plt
-
+            if names[kind] is None:
                 plt.close(fig)
+            else:
+                save_figure(directory / f"{names[kind]}.png", fig)
 
 
 def layer_record(name: str, index: int, ls: S.LayerSimilarity, red: S.Redundancy) -> dict:

@@ -146,7 +146,7 @@ def test_measure_real_deconvnet_leaves_model_unchanged(tiny_p1):
 
 def test_table1_markdown_and_stage(tmp_path):
     from stages import table1
-    from stages.retrain import table1_markdown
+    from stages.table1 import table1_markdown
 
     def row(ds, before, after, control):
         def s(v):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -82,6 +84,72 @@ def test_paths_in_cmd_are_deps_or_outs(name, stage, foreach):
             assert value in outs, f"{name}: {flag} {value} is written but not an out/metric/plot"
     known = set(module.INPUTS) | set(module.OUTPUTS) | set(getattr(module, "SCRATCH", ())) | {"--dataset", "--params"}
     assert set(flags) <= known, f"{name}: cmd flags {sorted(set(flags) - known)} not declared as INPUTS/OUTPUTS/SCRATCH"
+
+
+PACKAGES = ("cnnvis", "stages")
+
+
+def module_file(name: str) -> Path | None:
+    """The project file of module ``name`` (a package's ``__init__.py``), or None if it is not one."""
+    path = ROOT.joinpath(*name.split("."))
+    for candidate in (path / "__init__.py", path.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def project_imports(path: Path) -> set[Path]:
+    """Project files ``path`` imports anywhere in its body (function-local imports too) and their packages."""
+    package = path.relative_to(ROOT).with_suffix("").parts[:-1]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join([*package[: len(package) - node.level + 1], *([base] if base else [])])
+            names |= {base} | {f"{base}.{a.name}" for a in node.names}
+    files = set()
+    for name in names:
+        parts = name.split(".")
+        if parts[0] in PACKAGES:
+            files |= {f for i in range(1, len(parts) + 1) if (f := module_file(".".join(parts[:i]))) is not None}
+    return files
+
+
+def code_closure(module: str) -> set[str]:
+    """Every project file the stage module can execute: its transitive imports, as paths relative to ROOT."""
+    seen: set[Path] = set()
+    todo = [module_file(module)]
+    while todo:
+        f = todo.pop()
+        if f not in seen:
+            seen.add(f)
+            todo.extend(project_imports(f) - seen)
+    return {f.relative_to(ROOT).as_posix() for f in seen}
+
+
+def covered(file: str, deps: set[str]) -> bool:
+    return any(file == d or file.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+@pytest.mark.parametrize(("name", "stage", "foreach"), STAGES, ids=[s[0] for s in STAGES])
+def test_code_deps_are_exactly_the_code_a_stage_runs(name, stage, foreach):
+    """A change to any project file a stage imports (transitively) must rerun it, and only those files are deps."""
+    module = stage["cmd"].split()[2]
+    closure = code_closure(module)
+    deps = {d for d in paths(stage.get("deps")) if d.split("/")[0] in PACKAGES}
+    missing = sorted(f for f in closure if not covered(f, deps))
+    assert not missing, f"{name}: runs {missing} but dvc.yaml does not list them as deps"
+    stale = sorted(d for d in deps if not any(covered(f, {d}) for f in closure))
+    assert not stale, f"{name}: dvc.yaml lists {stale} as deps but the stage never imports them"
+
+
+def test_code_closure_follows_local_and_relative_imports(tmp_path):
+    closure = code_closure("stages.report")
+    assert {"stages/report.py", "stages/_common.py", "cnnvis/report.py", "cnnvis/__init__.py"} <= closure
+    assert "cnnvis/pruning.py" not in closure  # the report reads metrics files, never the pruning code
 
 
 def test_params_yaml_matches_conf():

@@ -9,15 +9,19 @@
    (one batched backward pass) vs a loop of one backward per kernel (one shared
    forward, ``retain_graph``) and vs Captum's NeuronDeconvolution per kernel.
 
-Times are the best of ``--repeats`` runs (wall clock). Without a checkpoint a
-randomly initialized p1_cnn (32/64) on random 28×28 images is timed (speed does
-not depend on the weights).
+The contenders of each comparison run interleaved, ``--repeats`` rounds of one
+call each (after a warm-up round); a ratio is the median over rounds of the
+peer's time divided by ours in the same round, so drifts of the machine's speed
+cancel (its range is printed too). Without a checkpoint a randomly initialized
+p1_cnn (32/64) on random 28×28 images is timed (speed does not depend on the
+weights).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -33,13 +37,27 @@ from cnnvis.models import conv_layers
 warnings.filterwarnings("ignore")
 
 
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def rounds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Wall-clock seconds of each function, called in turn, ``repeats`` rounds after one warm-up round."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(repeats + 1):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if r:
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def paired(times: dict[str, list[float]], peer: str, ours: str = "ours") -> tuple[float, float, float]:
+    """Median, min and max over rounds of peer time / our time in the same round."""
+    ratios = [p / o for p, o in zip(times[peer], times[ours], strict=True)]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def describe(times: dict[str, list[float]], peer: str, target: float) -> str:
+    med, lo, hi = paired(times, peer)
+    return f"{med:.2f}x (range {lo:.2f}-{hi:.2f}; issue target >= {target:g}x)"
 
 
 def load(model_path: Path | None, data_dir: Path, n: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, str]:
@@ -59,7 +77,7 @@ def load(model_path: Path | None, data_dir: Path, n: int) -> tuple[torch.nn.Modu
     return model.eval(), torch.randn(n, 1, 28, 28), torch.randint(0, 10, (n,)), "random p1_cnn 32/64, random images"
 
 
-def guided_gradcam(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> dict[str, float]:
+def guided_gradcam(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> dict[str, list[float]]:
     from captum.attr import GuidedGradCam
     from pytorch_grad_cam import GradCAM as PGradCAM
     from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
@@ -80,12 +98,12 @@ def guided_gradcam(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rep
     a = ours.attribute(x, y)
     b = captum.attribute(x, y, interpolate_mode="bilinear")
     assert (a - b).abs().max() <= 1e-5 * b.abs().max(), "ours and Captum's Guided Grad-CAM differ"
-    return {"ours": best_of(lambda: ours.attribute(x, y), repeats),
-            "captum": best_of(lambda: captum.attribute(x, y, interpolate_mode="bilinear"), repeats),
-            "pytorch_grad_cam": best_of(pgc, max(1, repeats // 2))}
+    return rounds({"ours": lambda: ours.attribute(x, y),
+                   "captum": lambda: captum.attribute(x, y, interpolate_mode="bilinear"),
+                   "pytorch_grad_cam": pgc}, repeats)
 
 
-def projection(model: torch.nn.Module, x: torch.Tensor, layer_name: str, repeats: int) -> dict[str, float]:
+def projection(model: torch.nn.Module, x: torch.Tensor, layer_name: str, repeats: int) -> dict[str, list[float]]:
     from captum.attr import NeuronDeconvolution
 
     layer = dict(model.named_modules())[layer_name]
@@ -116,8 +134,8 @@ def projection(model: torch.nn.Module, x: torch.Tensor, layer_name: str, repeats
     ours = project_feature_maps(model, layer, x)
     scale = ours.abs().max()
     assert ((ours - loop()).abs().max() <= 1e-5 * scale) and ((ours - captum_loop()).abs().max() <= 1e-5 * scale)
-    return {"ours": best_of(lambda: project_feature_maps(model, layer, x), repeats),
-            "loop": best_of(loop, repeats), "captum_loop": best_of(captum_loop, max(1, repeats // 2))}
+    return rounds({"ours": lambda: project_feature_maps(model, layer, x), "loop": loop,
+                   "captum_loop": captum_loop}, repeats)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,27 +144,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, default=Path("data/raw/fashion_mnist"))
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--probe", type=int, default=10, help="images for the deconvnet projection")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, x, y, what = load(args.model, args.data, args.images)
-    print(f"model: {what}; torch {torch.__version__}, {torch.get_num_threads()} thread(s), best of {args.repeats}")
+    print(f"model: {what}; torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+          f"{args.repeats} interleaved rounds (median seconds; ratios: median of per-round ratios)")
 
     t = guided_gradcam(model, x, y, args.repeats)
+    med = {k: statistics.median(v) for k, v in t.items()}
     print(f"\nGuided Grad-CAM, {len(x)} images (bilinear, maps equal to Captum's within 1e-5):")
-    print(f"  ours {t['ours']:.3f} s | Captum GuidedGradCam {t['captum']:.3f} s | "
-          f"pytorch-grad-cam per-image guided backprop {t['pytorch_grad_cam']:.3f} s")
-    print(f"  speed-up vs Captum: {t['captum'] / t['ours']:.2f}x   (issue target >= 1.0x)")
-    print(f"  speed-up vs pytorch-grad-cam: {t['pytorch_grad_cam'] / t['ours']:.1f}x   (issue target >= 5x)")
+    print(f"  ours {med['ours']:.3f} s | Captum GuidedGradCam {med['captum']:.3f} s | "
+          f"pytorch-grad-cam per-image guided backprop {med['pytorch_grad_cam']:.3f} s")
+    print(f"  speed-up vs Captum: {describe(t, 'captum', 1.0)}")
+    print(f"  speed-up vs pytorch-grad-cam: {describe(t, 'pytorch_grad_cam', 5.0)}")
 
     for name, layer in conv_layers(model)[:2]:
         t = projection(model, x[: args.probe], name, args.repeats)
+        med = {k: statistics.median(v) for k, v in t.items()}
         print(f"\nDeconvnet projection of all {layer.out_channels} kernels of {name}, {args.probe} images:")
-        print(f"  ours (one batched backward) {t['ours']:.3f} s | loop of one backward per kernel {t['loop']:.3f} s | "
-              f"Captum NeuronDeconvolution per kernel {t['captum_loop']:.3f} s")
-        print(f"  speed-up vs backward loop: {t['loop'] / t['ours']:.1f}x   (issue target >= 10x); "
-              f"vs Captum loop: {t['captum_loop'] / t['ours']:.1f}x")
+        print(f"  ours {med['ours']:.4f} s | loop of one backward per kernel {med['loop']:.4f} s | "
+              f"Captum NeuronDeconvolution per kernel {med['captum_loop']:.4f} s")
+        print(f"  speed-up vs backward loop: {describe(t, 'loop', 10.0)}; "
+              f"vs Captum loop: {paired(t, 'captum_loop')[0]:.1f}x")
 
 
 if __name__ == "__main__":

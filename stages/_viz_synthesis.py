@@ -33,6 +33,17 @@ FIGURES = ("p2_fig02_kernels_maps.png", "p2_actmax_classes.png", "p2_actmax_chan
 log = logging.getLogger("cnnvis.visualize.synthesis")
 
 
+
+def write_volume(path: Path, vol: np.ndarray, header: dict) -> None:
+    """The NRRD volume, byte-reproducible: pynrrd's '# on <date>' header comment is dropped."""
+    import re
+
+    with atomic_path(path) as tmp:
+        nrrd.write(str(tmp), vol, header, index_order="C")
+        raw = tmp.read_bytes()
+        head, sep, body = raw.partition(b"\n\n")  # the header ends at the first blank line
+        tmp.write_bytes(re.sub(rb"(?m)^# on [^\n]*\n", b"", head) + sep + body)
+
 def _settings(cfg: S.SynthesisConfig) -> str:
     return (f"{cfg.steps} steps, step {cfg.lr:g}, L2 decay {cfg.l2_decay:g}, blur σ={cfg.blur_sigma:g} every "
             f"{cfg.blur_every or '—'}, gradient clipped below percentile {cfg.clip_percentile:g}")
@@ -100,8 +111,7 @@ def run(model, spec: dict, images_u8: Tensor, labels: Tensor, params: Params, fi
         log.warning("kernels figure skipped: %s", e)
 
     vol = Act.volume(torch.from_numpy(maps))
-    with atomic_path(fig_dir / VOLUME_FILE) as tmp:
-        nrrd.write(str(tmp), vol, Act.nrrd_header(vol, layer=lname), index_order="C")
+    write_volume(fig_dir / VOLUME_FILE, vol, Act.nrrd_header(vol, layer=lname))
     map_order = Act.pca_order(vol.reshape(len(vol), -1))
     save_figure(fig_dir / "p3_volume.png", PA.volume_render(vol, vol[map_order], layer=lname, volume_file=VOLUME_FILE),
                 dpi=100)

@@ -47,44 +47,56 @@ def run(cmd: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedPr
     return subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
 
 
-def accuracy_leaves(obj, prefix: str = "") -> dict[str, float]:
-    """Every numeric leaf whose key is an accuracy (top1/top5 or *_top1), skipping per-epoch history."""
+def is_error(key: str) -> bool:
+    """Error rates in % (lower is better): ``error_*`` and ``*_error_*`` keys, not numerical check errors."""
+    leaf = key.rsplit(".", 1)[-1]
+    return leaf.startswith("error") or "_error_" in leaf
+
+
+def metric_leaves(obj, prefix: str = "") -> dict[str, float]:
+    """Every numeric leaf that is an accuracy (top1/top5, *_top1, *accuracy) or an error rate in % (see
+    ``is_error``), skipping per-epoch history and the papers' own numbers."""
     out: dict[str, float] = {}
     if isinstance(obj, dict):
         for k, v in obj.items():
             if k in ("history", "paper"):  # per-epoch curves; the papers' own numbers quoted in a metrics file
                 continue
             path = f"{prefix}.{k}" if prefix else str(k)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and (k in ACCURACY_KEYS or k.endswith(("_top1", "_top5", "accuracy"))):
+            quality = k in ACCURACY_KEYS or k.endswith(("_top1", "_top5", "accuracy")) or is_error(k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and quality:
                 out[path] = float(v)
             elif isinstance(v, dict):
-                out.update(accuracy_leaves(v, path))
+                out.update(metric_leaves(v, path))
             elif isinstance(v, list):  # table rows: keyed by their identifying fields, not their position
                 for i, row in enumerate(v):
                     if isinstance(row, dict):
                         ident = ",".join(f"{f}={row[f]}" for f in ID_FIELDS if isinstance(row.get(f), (str, int)))
-                        out.update(accuracy_leaves(row, f"{path}[{ident or i}]"))
+                        out.update(metric_leaves(row, f"{path}[{ident or i}]"))
     return out
 
 
 def collect_metrics(reports_dir: Path) -> dict[str, dict[str, float]]:
     result = {}
     for f in sorted((reports_dir / "metrics").rglob("*.json")):
-        leaves = accuracy_leaves(json.loads(f.read_text()))
+        leaves = metric_leaves(json.loads(f.read_text()))
         if leaves:
             result[str(f.relative_to(reports_dir.parent))] = leaves
     return result
 
 
-def compare(current: dict, expected: dict, tolerance: float, *, lower_only: bool = False) -> list[str]:
-    """Messages for every expected metric that is missing or off by more than ``tolerance`` points."""
+def compare(current: dict, expected: dict, tolerance: float, *, worse_only: bool = False) -> list[str]:
+    """Messages for every expected metric that is missing or off by more than ``tolerance`` points.
+
+    ``worse_only``: only a change for the worse counts (an accuracy falling, an error rate rising)."""
     problems = []
     for file, leaves in expected.items():
         for key, want in leaves.items():
             got = current.get(file, {}).get(key)
             if got is None:
                 problems.append(f"{file}:{key} missing (expected {want})")
-            elif (want - got > tolerance) if lower_only else (abs(got - want) > tolerance):
+                continue
+            worse = (got - want) if is_error(key) else (want - got)
+            if (worse > tolerance) if worse_only else (abs(got - want) > tolerance):
                 problems.append(f"{file}:{key} = {got:.3f}, expected {want:.3f} ± {tolerance} points")
     return problems
 

@@ -457,3 +457,55 @@ def test_randomization_and_class_sensitivity(images):
     assert (other != TARGETS).all() and ((other >= 0) & (other < 10)).all()
     cs = class_sensitivity(model, facs, images, TARGETS, TARGETS)
     assert cs["saliency"]["spearman_mean"] == pytest.approx(1.0)  # same class → identical maps
+
+
+# --------------------------------------------------------------------------- the gradient at the input
+
+
+@pytest.mark.parametrize(("stride", "padding", "dilation", "size"), [(1, 2, 1, 28), (2, 3, 1, 29), (2, 1, 2, 17)])
+def test_conv_input_grad_equals_torch(stride, padding, dilation, size):
+    from cnnvis.attribution._common import conv_input_grad
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 5, stride=stride, padding=padding, dilation=dilation)
+    x = torch.randn(4, 3, size, size)
+    g = torch.randn_like(conv(x))
+    expect = torch.nn.grad.conv2d_input(x.shape, conv.weight, g, stride, padding, dilation)
+    torch.testing.assert_close(conv_input_grad(conv, g, x.shape), expect, atol=1e-5, rtol=1e-5)
+
+
+class _InputSkip(nn.Module):
+    """conv → ReLU → linear head, plus the image itself added to the head's input (x has two readers)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.relu, self.fc = nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Linear(2 * 36, 3)
+
+    def forward(self, x):
+        return self.fc((self.relu(self.conv(x)) + x).flatten(1))
+
+
+@pytest.mark.parametrize("method", [Saliency, GuidedBackprop, Deconvnet])
+def test_input_gradient_by_hand_only_where_the_first_conv_is_the_sole_reader(method, images, monkeypatch):
+    """The hand-made last step (col2im of W^T·g) is taken for paper 1's CNN and equals autograd; with a
+    second reader of the image (a skip from the input) autograd does the whole backward."""
+    import cnnvis.attribution._common as common
+
+    calls = []
+    real = common.conv_input_grad
+    monkeypatch.setattr(common, "conv_input_grad", lambda *a: calls.append(1) or real(*a))
+    model = _model("p1_cnn")
+    fast = method(model).attribute(images, TARGETS)
+    assert calls
+    monkeypatch.setattr(common, "_foldable", lambda _conv: False)
+    torch.testing.assert_close(fast, method(model).attribute(images, TARGETS), atol=ATOL, rtol=0)
+    monkeypatch.undo()
+    monkeypatch.setattr(common, "conv_input_grad", lambda *a: calls.append(2) or real(*a))
+    torch.manual_seed(0)
+    skip, x = _InputSkip().eval(), torch.randn(2, 1, 6, 6)
+    got = method(skip).attribute(x, 1)
+    assert 2 not in calls
+    with relu_rule(skip, method.rule):
+        xr = x.clone().requires_grad_(True)
+        (expect,) = torch.autograd.grad(skip(xr)[:, 1].sum(), xr)
+    torch.testing.assert_close(got, expect.abs() if method is Saliency else expect, atol=ATOL, rtol=0)

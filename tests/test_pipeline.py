@@ -54,7 +54,7 @@ def test_ci_metrics_regression(ci_run):
     current = collect_metrics(ci_run["repo"] / "reports")
     assert current, "the ci run wrote no accuracy metrics"
     if os.environ.get("CNNVIS_UPDATE_EXPECTED"):
-        write_expected(CI_EXPECTED, current, CI_TOLERANCE, "accuracies (%) of `dvc repro` with experiment=ci")
+        write_expected(CI_EXPECTED, current, CI_TOLERANCE, "accuracies and error rates (%) of `dvc repro` with experiment=ci")
         pytest.skip(f"wrote {CI_EXPECTED}")
     expected = load_expected(CI_EXPECTED)
     problems = compare(current, expected["metrics"], expected["tolerance_points"])
@@ -62,16 +62,17 @@ def test_ci_metrics_regression(ci_run):
 
 
 def test_committed_full_run_metrics_did_not_drop():
-    """The committed reports/metrics (from `make repro`) against their recorded values: lower beyond tolerance fails."""
+    """The committed reports/metrics (from `make repro`) against their recorded values: an accuracy lower or an
+    error rate higher beyond tolerance fails."""
     current = collect_metrics(ROOT / "reports")
     if os.environ.get("CNNVIS_UPDATE_EXPECTED"):
-        write_expected(FULL_EXPECTED, current, FULL_TOLERANCE, "accuracies (%) of the committed full `make repro`")
+        write_expected(FULL_EXPECTED, current, FULL_TOLERANCE, "accuracies and error rates (%) of the committed full `make repro`")
         pytest.skip(f"wrote {FULL_EXPECTED}")
     if not FULL_EXPECTED.exists():
         pytest.fail(f"{FULL_EXPECTED} missing: record it after a full run with CNNVIS_UPDATE_EXPECTED=1")
     expected = load_expected(FULL_EXPECTED)
-    problems = compare(current, expected["metrics"], expected["tolerance_points"], lower_only=True)
-    assert not problems, "committed accuracy fell:\n" + "\n".join(problems)
+    problems = compare(current, expected["metrics"], expected["tolerance_points"], worse_only=True)
+    assert not problems, "committed results got worse:\n" + "\n".join(problems)
 
 
 PAPER_TOLERANCE = 2.0  # accuracy points a committed result may sit below the paper's on the same dataset
@@ -103,16 +104,22 @@ def test_committed_metrics_against_paper_where_datasets_match():
     assert not problems, "\n".join(problems)
 
 
-def test_regression_check_names_the_metric_that_fell():
-    from pipeline import accuracy_leaves
+def test_regression_check_names_the_metric_that_got_worse():
+    from pipeline import metric_leaves
 
     doc = {"test": {"top1": 91.0, "loss": 0.3}, "history": [{"val_top1": 1.0}],
-           "rows": [{"perturbation": "blur3", "model": "baseline", "top1": 88.0}]}
-    leaves = accuracy_leaves(doc)
-    assert leaves == {"test.top1": 91.0, "rows[perturbation=blur3,model=baseline].top1": 88.0}
-    expected = {"m.json": {"test.top1": 92.0, "rows[perturbation=blur3,model=baseline].top1": 88.2}}
-    problems = compare({"m.json": leaves}, expected, 0.5, lower_only=True)
-    assert problems == ["m.json:test.top1 = 91.000, expected 92.000 ± 0.5 points"]
-    assert compare({"m.json": {**leaves, "test.top1": 99.0}}, expected, 0.5, lower_only=True) == []  # rising is fine
-    assert compare({}, expected, 0.5) == ["m.json:test.top1 missing (expected 92.0)",
-                                          "m.json:rows[perturbation=blur3,model=baseline].top1 missing (expected 88.2)"]
+           "rows": [{"perturbation": "blur3", "model": "baseline", "top1": 88.0}],
+           "pruned": {"error_masked": 10.0, "size": 3}, "sweep": {"mean_error_over_fractions": 16.0},
+           "gradient_check": {"max_rel_error": 1e-9}}
+    leaves = metric_leaves(doc)
+    assert leaves == {"test.top1": 91.0, "rows[perturbation=blur3,model=baseline].top1": 88.0,
+                      "pruned.error_masked": 10.0, "sweep.mean_error_over_fractions": 16.0}
+    expected = {"m.json": {"test.top1": 92.0, "rows[perturbation=blur3,model=baseline].top1": 88.2,
+                           "pruned.error_masked": 9.0, "sweep.mean_error_over_fractions": 16.3}}
+    problems = compare({"m.json": leaves}, expected, 0.5, worse_only=True)
+    assert problems == ["m.json:test.top1 = 91.000, expected 92.000 ± 0.5 points",
+                        "m.json:pruned.error_masked = 10.000, expected 9.000 ± 0.5 points"]
+    better = {**leaves, "test.top1": 99.0, "pruned.error_masked": 1.0}  # accuracy up, error down: fine
+    assert compare({"m.json": better}, expected, 0.5, worse_only=True) == []
+    assert compare({}, expected, 0.5)[:2] == ["m.json:test.top1 missing (expected 92.0)",
+                                              "m.json:rows[perturbation=blur3,model=baseline].top1 missing (expected 88.2)"]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from cnnvis.hooks import Captured, capture
 
 Target = int | Sequence[int] | torch.Tensor | None
 
@@ -44,3 +48,69 @@ def last_conv(model: nn.Module) -> nn.Module:
     if not convs:
         raise ValueError("model has no nn.Conv2d layer; pass layer= explicitly")
     return convs[-1]
+
+
+# --------------------------------------------------------------------------- the gradient at the input
+
+
+@contextlib.contextmanager
+def input_grad_tracker(model: nn.Module) -> Iterator[tuple[nn.Conv2d, Captured] | None]:
+    """Inside the block, record the model's first ``nn.Conv2d`` (module order) for ``input_grad``."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        yield None
+        return
+    with capture(conv) as box:
+        yield conv, box
+
+
+def input_grad(output: torch.Tensor, x: torch.Tensor, tracked: tuple[nn.Conv2d, Captured] | None, *,
+               retain_graph: bool = False) -> torch.Tensor:
+    """∂output/∂x, with the last step done by hand when that is faster and exact.
+
+    oneDNN computes the input gradient of a convolution with few input channels
+    (the first layer, on images) slowly. When the tracked first conv is the only
+    reader of ``x`` in the graph, autograd stops at that conv's output and the
+    input gradient is formed as W^T·g (one matrix product) folded back to image
+    positions (``F.fold``, col2im): the definition of the conv's input gradient.
+    """
+    if tracked is not None:
+        conv, box = tracked
+        if box.input is x and _foldable(conv) and _sole_reader(output, box.output, x):
+            (g,) = torch.autograd.grad(output, box.output, retain_graph=retain_graph)
+            return conv_input_grad(conv, g, x.shape)
+    (g,) = torch.autograd.grad(output, x, retain_graph=retain_graph)
+    return g
+
+
+def conv_input_grad(conv: nn.Conv2d, grad_out: torch.Tensor, input_shape: torch.Size) -> torch.Tensor:
+    """The gradient at the input of ``conv`` for ``grad_out`` at its output: col2im(W^T·g)."""
+    n, k = grad_out.shape[:2]
+    cols = torch.matmul(conv.weight.detach().reshape(k, -1).t(), grad_out.reshape(n, k, -1))  # [N, C·kh·kw, L]
+    return F.fold(cols, tuple(input_shape[2:]), conv.kernel_size, dilation=conv.dilation, padding=conv.padding,
+                  stride=conv.stride)
+
+
+def _foldable(conv: nn.Conv2d) -> bool:
+    return (conv.in_channels <= 4 and conv.groups == 1 and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str))
+
+
+def _sole_reader(output: torch.Tensor, conv_out: torch.Tensor | None, x: torch.Tensor) -> bool:
+    """Whether the conv (the node that made ``conv_out``) is the only node of ``output``'s graph reading ``x``."""
+    if conv_out is None or conv_out.grad_fn is None or output.grad_fn is None:
+        return False
+    readers, seen, todo = set(), set(), [output.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for nxt, _ in node.next_functions:
+            if nxt is None:
+                continue
+            if getattr(nxt, "variable", None) is x:
+                readers.add(node)
+            else:
+                todo.append(nxt)
+    return readers == {conv_out.grad_fn}

@@ -11,7 +11,7 @@ import contextlib
 import torch
 from torch import nn
 
-from cnnvis.attribution._common import Target, as_input, as_targets, target_score
+from cnnvis.attribution._common import Target, as_input, as_targets, input_grad, input_grad_tracker, target_score
 from cnnvis.hooks import model_state_guard, relu_rule
 
 
@@ -27,8 +27,8 @@ class InputGradient:
 
     def attribute(self, images: torch.Tensor, target: Target = None) -> torch.Tensor:
         rule = relu_rule(self.model, self.rule) if self.rule is not None else contextlib.nullcontext()
-        with model_state_guard(self.model, eval_mode=True, frozen=True), rule, torch.enable_grad():
+        with model_state_guard(self.model, eval_mode=True, frozen=True), rule, \
+                input_grad_tracker(self.model) as first, torch.enable_grad():
             x = as_input(images)
             logits = self.model(x)
-            (grad,) = torch.autograd.grad(target_score(logits, as_targets(target, logits)), x)
-        return grad
+            return input_grad(target_score(logits, as_targets(target, logits)), x, first)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnvis.attribution._common import Target, as_input, as_targets, target_score
+from cnnvis.attribution._common import Target, as_input, as_targets, input_grad, input_grad_tracker, target_score
 from cnnvis.attribution.gradcam import GradCAM
 from cnnvis.attribution.guided_backprop import GuidedBackprop
 from cnnvis.hooks import capture, model_state_guard, relu_rule
@@ -25,7 +25,7 @@ class GuidedGradCAM:
 
     def attribute(self, images: torch.Tensor, target: Target = None) -> torch.Tensor:
         with model_state_guard(self.model, eval_mode=True, frozen=True), relu_rule(self.model, None) as switch, \
-                capture(self.layer) as box, torch.enable_grad():
+                capture(self.layer) as box, input_grad_tracker(self.model) as first, torch.enable_grad():
             x = as_input(images)
             logits = self.model(x)
             score = target_score(logits, as_targets(target, logits))
@@ -33,5 +33,5 @@ class GuidedGradCAM:
                 raise ValueError("GuidedGradCAM layer must be reached by the forward pass and output N×K×h×w maps")
             (grads,) = torch.autograd.grad(score, box.output, retain_graph=True)  # plain gradient at A
             switch.rule = GuidedBackprop.rule
-            (guided,) = torch.autograd.grad(score, x)
+            guided = input_grad(score, x, first)
         return guided * self.gradcam.map_from(box.output.detach(), grads, x.shape[2:])

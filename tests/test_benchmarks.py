@@ -1,0 +1,23 @@
+"""The benchmarks still run (tiny sizes, no timing asserted): each checks its contenders agree before timing."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_attribution_benchmark_runs_and_checks_agreement(capsys, tmp_path):
+    from benchmarks import attribution
+
+    attribution.main(["--model", str(tmp_path / "none.pt"), "--images", "6", "--probe", "2", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "random p1_cnn" in out
+    assert out.count("speed-up vs backward loop") == 2 and "speed-up vs pytorch-grad-cam" in out
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    from benchmarks.attribution import paired
+
+    times = {"ours": [1.0, 2.0, 1.0], "peer": [3.0, 2.0, 10.0]}
+    assert paired(times, "peer") == (3.0, 1.0, 10.0)
+    with pytest.raises(ValueError):
+        paired({"ours": [1.0], "peer": [1.0, 2.0]}, "peer")

@@ -365,7 +365,7 @@ def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 def table_cells(t: Table, decimals: int) -> tuple[list[str], list[list[str]]]:
     """Header and cells of a comparison table, shared by the Markdown and the HTML."""
-    headers = ["", "Dataset", "Setting"] + [label for _, label in t.columns] + ["Seeds", "Epochs"]
+    headers = ["", "Dataset", "Setting"] + [label for _, label in t.columns] + ["Seed(s)", "Epochs"]
     rows = []
     for r in t.rows:
         cells = []

@@ -13,7 +13,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCURACY_KEYS = ("top1", "top5")
-ID_FIELDS = ("perturbation", "model", "class", "name", "fraction")
+ID_FIELDS = ("perturbation", "model", "method", "class", "name", "fraction", "repeat")
 
 
 def copy_repo(dest: Path) -> Path:
@@ -70,7 +70,7 @@ def metric_leaves(obj, prefix: str = "") -> dict[str, float]:
             elif isinstance(v, list):  # table rows: keyed by their identifying fields, not their position
                 for i, row in enumerate(v):
                     if isinstance(row, dict):
-                        ident = ",".join(f"{f}={row[f]}" for f in ID_FIELDS if isinstance(row.get(f), (str, int)))
+                        ident = ",".join(f"{f}={row[f]}" for f in ID_FIELDS if isinstance(row.get(f), (str, int, float)))
                         out.update(metric_leaves(row, f"{path}[{ident or i}]"))
     return out
 

@@ -30,6 +30,7 @@ The library does not train or project by itself: the caller passes
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -172,6 +173,7 @@ def adjust_widths(baseline: list[Redundancy], widths: tuple[int, ...], cfg: Adju
     if bad:
         raise ConfigError(f"adjust.layers = {list(cfg.layers)}: index {bad[0]} out of range (model has {len(widths)} conv layers)")
     res = AdjustResult(widths=tuple(widths), baseline_widths=tuple(widths))
+    train_fn = functools.cache(train_fn)  # one layer's last trial is often the next layer's reference: train it once
     current = list(baseline)
     for i, r in enumerate(current):
         v = metric_value(r, cfg.metric)

@@ -93,8 +93,6 @@ def _check_constraints(value: Any, meta: typing.Mapping[str, Any], key: str) -> 
         ):
             if name in meta and isinstance(v, (int, float)) and not test(v, meta[name]):
                 raise ConfigError(f"{key} = {v!r}: must be {word} {meta[name]}")
-    if "length" in meta and isinstance(value, tuple) and len(value) != meta["length"]:
-        raise ConfigError(f"{key} = {list(value)!r}: must have {meta['length']} entries")
     if "min_length" in meta and isinstance(value, tuple) and len(value) < meta["min_length"]:
         raise ConfigError(f"{key} = {list(value)!r}: must have at least {meta['min_length']} entries")
 

@@ -176,20 +176,9 @@ def build_resnet_like(cfg: EncDecConfig, in_channels: int, num_classes: int, ima
 def predict_maps(model: EncDec, x_u8: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
                  *, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
     """(class maps N×C×m×m, logits N×C) for uint8 N×C×H×W images, in eval mode; the mode is restored."""
-    from cnnvis.training import normalize_batch
+    from cnnvis.training import predict_logits
 
-    device = next(model.parameters()).device
-    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
-    was = model.training
-    model.eval()
-    maps = []
-    try:
-        for i in range(0, len(x_u8), batch_size):
-            maps.append(model.class_maps(normalize_batch(x_u8[i : i + batch_size].to(device), m, s)).float().cpu())
-    finally:
-        model.train(was)
-    maps_t = torch.cat(maps) if maps else torch.empty(0)
+    maps_t = predict_logits(model, x_u8, mean, std, batch_size=batch_size, fn=model.class_maps)
     return maps_t, maps_t.mean((2, 3))
 
 

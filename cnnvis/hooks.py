@@ -62,6 +62,17 @@ def model_state_guard(model: nn.Module, *, eval_mode: bool = False, frozen: bool
             raise RuntimeError(f"attribution modified model tensors in place: {', '.join(changed[:5])}")
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode inside the block (BN running statistics, no dropout); the previous mode is restored."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
 class _StopForward(Exception):  # noqa: N818 - control flow, not an error
     """Raised by a capture hook to end the forward pass early."""
 

@@ -28,13 +28,14 @@ import copy
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cnnvis import ConfigError
+from cnnvis.hooks import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +61,6 @@ def conv_layer_names(model: nn.Module, layers: Sequence[str] | None = None) -> t
         if m.padding_mode != "zeros" or isinstance(m.padding, str):
             raise ConfigError(f"prune.layers: {name!r} uses padding {m.padding!r}/{m.padding_mode}; only numeric zero padding is supported")
     return tuple(layers)
-
-
-@contextlib.contextmanager
-def _eval(model: nn.Module) -> Iterator[None]:
-    """Eval mode (per-sample independence needs BN running statistics), restored afterwards."""
-    was = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was)
 
 
 @contextlib.contextmanager
@@ -127,7 +117,7 @@ class FilterImportance:
         per-sample gradients of the selected scores at each conv output (K tensors N×O×P).
         """
         x = inputs.detach().requires_grad_(True)  # puts every conv output in the graph, even with frozen weights
-        with _eval(self.model), torch.enable_grad(), _capture(self.model, self.layers) as store:
+        with eval_mode(self.model), torch.enable_grad(), _capture(self.model, self.layers) as store:
             logits = self.model(x)
             outs = [store[n][1] for n in self.layers]
             t = classes(logits.shape[1])  # K×N
@@ -220,7 +210,6 @@ class ImportanceStats:
     own: dict[str, torch.Tensor]
     predictions: torch.Tensor
     labels: torch.Tensor
-    extra: dict = field(default_factory=dict)
 
     def mean(self, correct: bool | None = None) -> dict[str, torch.Tensor]:
         """{layer: C_true×C_target×O} mean importance; ``correct`` selects right/wrong inputs only."""

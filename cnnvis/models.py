@@ -204,3 +204,9 @@ def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def count_parameters_of(cfg: ModelConfig, spec: dict) -> int:
+    """Parameters of the model ``cfg`` builds for a dataset ``spec`` (in_channels, num_classes, image_size)."""
+    return count_parameters(build_model(cfg, in_channels=spec["in_channels"], num_classes=spec["num_classes"],
+                                        image_size=spec["image_size"]))

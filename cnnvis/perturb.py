@@ -27,6 +27,7 @@ from torch import nn
 
 from cnnvis import ConfigError
 from cnnvis.config import opt
+from cnnvis.hooks import eval_mode
 
 # Paper 4, section 5.3.1: the proposed model on 100 random grayscale Tiny ImageNet validation images.
 PAPER_GRAYSCALE_TOP1 = 45.52
@@ -183,33 +184,14 @@ def explanation_maps(model: nn.Module, x: torch.Tensor, target: torch.Tensor) ->
     """
     size = x.shape[-2:]
     if hasattr(model, "class_maps"):
-        was = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                maps = model.class_maps(x)[torch.arange(len(x)), target][:, None]
-        finally:
-            model.train(was)
+        with eval_mode(model), torch.no_grad():
+            maps = model.class_maps(x)[torch.arange(len(x)), target][:, None]
         maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
     else:
-        try:
-            from cnnvis.attribution.gradcam import GradCAM
-        except ImportError:  # the project's Grad-CAM is optional here; Captum's is the same method
-            maps = _captum_gradcam(model, x, target)
-        else:
-            maps = GradCAM(model, interpolate="bilinear").attribute(x, target=target)
+        from cnnvis.attribution.gradcam import GradCAM
+
+        maps = GradCAM(model, interpolate="bilinear").attribute(x, target=target)
     maps = maps[:, 0].clamp_min(0)
     return maps / maps.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
 
 
-def _captum_gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    from captum.attr import LayerAttribution, LayerGradCam
-
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    was = model.training
-    model.eval()
-    try:
-        attr = LayerGradCam(model, convs[-1]).attribute(x, target=target, relu_attributions=True)
-    finally:
-        model.train(was)
-    return LayerAttribution.interpolate(attr.detach(), tuple(x.shape[-2:]), interpolate_mode="bilinear")

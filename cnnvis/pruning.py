@@ -26,6 +26,7 @@ from torch import nn
 
 from cnnvis import ConfigError
 from cnnvis.config import opt
+from cnnvis.hooks import eval_mode
 
 Removed = dict[str, torch.Tensor]  # layer name -> int64 indices of removed filters
 
@@ -167,12 +168,8 @@ def remove_filters(model: nn.Module, removed: Removed, example_inputs: torch.Ten
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, batch_size: int = 1000) -> dict:
     """Error rate (%) overall and per class (paper 3 eq. (2)), in eval mode (restored)."""
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         pred = torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
-    finally:
-        model.train(was)
     wrong = (pred != labels).float()
     per_class = [100.0 * wrong[labels == c].mean().item() if bool((labels == c).any()) else float("nan") for c in range(num_classes)]
     return {"error": 100.0 * wrong.mean().item(), "per_class_error": per_class, "predictions": pred}

@@ -284,22 +284,24 @@ class LayerSimilarity:
         return self.mean.shape[0]
 
 
-def fingerprints(recon: np.ndarray, cfg: SimilarityConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reconstructions [N, K, C, H, W] → (bits [N, K, B] bool, dead [N, K], pixels [N, K, H, W] 0–255)."""
+def fingerprints(recon: np.ndarray, cfg: SimilarityConfig, *,
+                 return_pixels: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Reconstructions [N, K, C, H, W] → (bits [N, K, B] bool, dead [N, K], pixels [N, K, H, W] 0–255 or None).
+
+    ``return_pixels=False`` keeps ``hash_maps`` chunked (no float64 copy of every map)."""
     recon = np.asarray(recon)
     if recon.ndim != 5:
         raise DataError(f"reconstructions: expected [N_probe, K, C, H, W], got shape {recon.shape}")
     if not np.isfinite(recon).all():
         raise DataError("reconstructions contain NaN or inf; recompute them (visualize stage)")
-    bits, dead, pixels = hash_maps(recon, cfg, return_pixels=True)
-    return bits, dead, pixels
+    return hash_maps(recon, cfg, return_pixels=return_pixels)
 
 
 def layer_similarity(recon: np.ndarray, cfg: SimilarityConfig) -> LayerSimilarity:
     """pHash similarity matrix of one layer's reconstructions [N, K, C, H, W]."""
     if cfg.max_probe_images is not None:
         recon = recon[: cfg.max_probe_images]
-    bits, dead, _ = fingerprints(recon, cfg)
+    bits, dead, _ = fingerprints(recon, cfg, return_pixels=False)
     nbits = bits.shape[-1]
     if nbits == 64:
         fp = pack_bits(bits)

@@ -9,7 +9,6 @@ resumable state to the caller.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -23,7 +22,8 @@ from torch import nn
 
 from cnnvis.config import HardwareConfig, TrainConfig
 from cnnvis.data import TensorData
-from cnnvis.hardware import apply_hardware
+from cnnvis.hardware import resolve_device
+from cnnvis.hooks import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +68,19 @@ def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tens
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x_u8: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
-                   *, batch_size: int = 1000, device: torch.device | None = None) -> torch.Tensor:
-    """Logits (float32, CPU) for uint8 N×C×H×W images, in eval mode; the model's mode is restored."""
+                   *, batch_size: int = 1000, device: torch.device | None = None,
+                   fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Logits (float32, CPU) for uint8 N×C×H×W images, in eval mode; the model's mode is restored.
+
+    ``fn``: what to compute from a normalized batch instead of ``model(batch)`` (e.g. ``model.class_maps``).
+    """
     device = device or next(model.parameters()).device
     m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     s = torch.tensor(std, device=device).view(1, -1, 1, 1)
-    was_training = model.training
-    model.eval()
-    try:
-        out = [model(normalize_batch(x_u8[i : i + batch_size].to(device), m, s)).float().cpu()
+    fn = fn or model
+    with eval_mode(model):
+        out = [fn(normalize_batch(x_u8[i : i + batch_size].to(device), m, s)).float().cpu()
                for i in range(0, len(x_u8), batch_size)]
-    finally:
-        model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -145,7 +146,7 @@ def train(model: nn.Module, data: TensorData, cfg: TrainConfig, hw: HardwareConf
     when a caller extends a finished run by more epochs).
     """
     hw = hw or HardwareConfig()
-    device = apply_hardware(hw)
+    device = resolve_device(hw)  # threads and backend flags are the stage's to set, once (Params.apply_hardware)
     model.to(device)
     if hw.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -243,14 +244,3 @@ def still_improving(history: list[dict[str, Any]], key: str = "val_top1", window
     if len(values) <= window:
         return len(values) >= 2 and values[-1] - values[0] > min_gain
     return values[-1] - values[-1 - window] > min_gain
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module):
-    """Temporarily put ``model`` in eval mode, restoring its previous mode."""
-    was = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was)

@@ -13,7 +13,7 @@ from pathlib import Path
 import nrrd
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from cnnvis import activations as Act
 from cnnvis import data as D
@@ -100,15 +100,16 @@ def run(model, spec: dict, images_u8: Tensor, labels: Tensor, params: Params, fi
     x = D.normalize(images_u8[i : i + 1], mean, std)
     image = D.denormalize(x, mean, std)[0].numpy()
     label = classes[int(labels[i])]
-    lname, _ = Act.resolve_layer(model, acfg.layer)
+    lname, module = Act.resolve_layer(model, acfg.layer)
     maps = Act.layer_outputs(model, x, lname, rectify=acfg.rectify)[0].numpy()
     save_figure(fig_dir / "p3_activation_grid.png", PA.activation_grid(image, maps, layer=lname, label=label), dpi=110)
-    try:
+    if isinstance(module, nn.Conv2d):
         kernels = Act.layer_kernels(model, lname).numpy()
         save_figure(fig_dir / "p2_fig02_kernels_maps.png",
                     PA.kernels_and_maps(image, kernels, maps, layer=lname, label=label), dpi=110)
-    except Exception as e:  # a non-conv layer has no kernels; the other figures still come
-        log.warning("kernels figure skipped: %s", e)
+    else:  # a non-conv layer has no kernels; the other figures still come
+        log.warning("kernels figure skipped: activations.layer = %s is a %s, not a Conv2d", lname,
+                    type(module).__name__)
 
     vol = Act.volume(torch.from_numpy(maps))
     write_volume(fig_dir / VOLUME_FILE, vol, Act.nrrd_header(vol, layer=lname))

@@ -41,7 +41,7 @@ OUTPUTS = ("--out", "--log")
 log = logging.getLogger("cnnvis.adjust")
 
 
-def probe_images(data_dir: Path, recon_path: Path, n: int | None, spec: dict) -> tuple[torch.Tensor, np.ndarray]:
+def probe_images(raw: D.RawDataset, recon_path: Path, n: int | None, spec: dict) -> tuple[torch.Tensor, np.ndarray]:
     """The visualize stage's probe images (indices into the test split), normalized: [n, C, H, W], labels."""
     try:
         with np.load(recon_path, allow_pickle=False) as z:
@@ -51,16 +51,14 @@ def probe_images(data_dir: Path, recon_path: Path, n: int | None, spec: dict) ->
     except KeyError:
         raise DataError(f"{recon_path}: no probe_indices/probe_labels; rerun the visualize stage") from None
     idx, labels = idx[:n], labels[:n]
-    raw = D.load_npz(data_dir)
     if len(idx) and int(idx.max()) >= len(raw.test.labels):
-        raise DataError(f"{recon_path}: probe index {int(idx.max())} outside the test split of {data_dir}")
+        raise DataError(f"{recon_path}: probe index {int(idx.max())} outside the test split of {raw.name}")
     x = D.normalize(D.to_tensor(raw.test.images[idx]), tuple(spec["mean"]), tuple(spec["std"]))
     return x, labels
 
 
-def search_data(data_dir: Path, train_cfg: TrainConfig, cfg: A.AdjustConfig) -> D.TensorData:
+def search_data(raw: D.RawDataset, train_cfg: TrainConfig, cfg: A.AdjustConfig) -> D.TensorData:
     """The subset of the brief trainings, with the baseline's validation split (first search_val_images)."""
-    raw = D.load_npz(data_dir)
     td = D.prepare(raw, val_size=train_cfg.val_size, max_train=cfg.search_train_images, max_test=1,
                    seed=train_cfg.seed)
     return dataclasses.replace(td, val_x=td.val_x[: cfg.search_val_images], val_y=td.val_y[: cfg.search_val_images])
@@ -77,8 +75,9 @@ def run(data_dir: Path, baseline_path: Path, baseline_metrics: dict, similarity:
     history = state.get("history") or baseline_metrics.get("history") or []
     undertrained = bool(baseline_metrics.get("val_still_rising", training.still_improving(history)))
 
-    td = search_data(data_dir, train_cfg, cfg)
-    x_probe, _ = probe_images(data_dir, recon_path, cfg.probe_images, spec)
+    raw = D.load_npz(data_dir)
+    td = search_data(raw, train_cfg, cfg)
+    x_probe, _ = probe_images(raw, recon_path, cfg.probe_images, spec)
     brief = dataclasses.replace(train_cfg, epochs=cfg.search_epochs)
 
     def proxy_top1(model: torch.nn.Module) -> float:
@@ -109,13 +108,10 @@ def run(data_dir: Path, baseline_path: Path, baseline_metrics: dict, similarity:
                              undertrained=undertrained, further_fn=further_fn)
     seconds = time.perf_counter() - t0
 
-    def n_params(widths: tuple[int, ...]) -> int:
-        m = models.build_model(dataclasses.replace(model_cfg, widths=widths), in_channels=spec["in_channels"],
-                               num_classes=spec["num_classes"], image_size=spec["image_size"])
-        return models.count_parameters(m)
-
     info = {"model": model_cfg, "train": train_cfg, "undertrained": undertrained, "seconds": seconds,
-            "parameters": {"baseline": n_params(model_cfg.widths), "adjusted": n_params(result.widths)},
+            "parameters": {"baseline": models.count_parameters_of(model_cfg, spec),
+                           "adjusted": models.count_parameters_of(dataclasses.replace(model_cfg, widths=result.widths),
+                                                                  spec)},
             "baseline_val_history": [h.get("val_top1") for h in history]}
     return result, info
 
@@ -136,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     params = Params.load(args.params, PARAMS, args.dataset)
     sim_cfg = params.section("similarity", SimilarityConfig)
     cfg = params.section("adjust", A.AdjustConfig)
-    hw = params.hardware
+    hw = params.apply_hardware()
 
     result, info = run(args.data, args.baseline, load_json(args.baseline_metrics), load_json(args.similarity),
                        args.recon, sim_cfg, cfg, hw)

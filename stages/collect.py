@@ -46,8 +46,9 @@ def _varying(overrides: list[str], common: set[str]) -> list[str]:
             and not o.lstrip("+").startswith(("dataset=", "launcher=", "hydra."))]
 
 
-def job_rows(job_dir: Path, sweep_root: Path, common: set[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    record = json.loads((job_dir / "sweep.json").read_text())
+def job_rows(job_dir: Path, record: dict[str, Any], sweep_root: Path,
+             common: set[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A job's metric rows and its status, from its ``sweep.json`` record and its reports."""
     params = yaml.safe_load((job_dir / "params.yaml").read_text()) if (job_dir / "params.yaml").exists() else {}
     setting = " ".join(_varying(record.get("overrides", []), common))
     base = {"job": job_dir.relative_to(sweep_root).as_posix(), "device": (params.get("hardware") or {}).get("device", "?"),
@@ -69,11 +70,12 @@ def collect(sweep_dir: Path, metrics: list[str] | None = None) -> dict[str, str]
     jobs = sorted({p.parent for p in sweep_dir.rglob("sweep.json")}, key=lambda p: [int(s) if s.isdigit() else s for s in p.parts])
     if not jobs:
         raise ConfigError(f"{sweep_dir}: no job directories with sweep.json; is it a `python -m stages.sweep -m` output?")
-    records = [json.loads((j / "sweep.json").read_text()).get("overrides", []) for j in jobs]
-    common = set.intersection(*(set(r) for r in records)) if len(records) > 1 else set()
+    records = [json.loads((j / "sweep.json").read_text()) for j in jobs]
+    overrides = [r.get("overrides", []) for r in records]
+    common = set.intersection(*(set(o) for o in overrides)) if len(overrides) > 1 else set()
     rows, failed = [], []
-    for job in jobs:
-        r, info = job_rows(job, sweep_dir, common)
+    for job, record in zip(jobs, records, strict=True):
+        r, info = job_rows(job, record, sweep_dir, common)
         rows += [x for x in r if info["status"] == "ok"]
         if info["status"] != "ok":
             failed.append(info)

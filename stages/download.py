@@ -33,11 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     ds = D.acquire(cfg, args.download_root / args.dataset, progress=progress_factory(params.hardware))
     with atomic_path(args.out, directory=True) as tmp:
         D.save_npz(tmp, ds)
-        mean, std = D.channel_stats(ds.train.images)
-        save_json(tmp / "meta.json", {
+        save_json(tmp / "meta.json", {  # normalization statistics come later, from the training split (prepare)
             "dataset": ds.name, "source": ds.source, "classes": list(ds.classes),
             "image_shape_hwc": list(ds.shape), "train": len(ds.train.labels), "test": len(ds.test.labels),
-            "mean": mean, "std": std,
         })
 
 

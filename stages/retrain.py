@@ -34,6 +34,7 @@ import yaml
 
 from cnnvis import ConfigError, models
 from cnnvis import adjust as A
+from cnnvis import data as D
 from cnnvis.config import ModelConfig, TrainConfig, parse, to_dict
 from cnnvis.io import load_checkpoint, load_json, save_json
 from cnnvis.similarity import SimilarityConfig
@@ -67,11 +68,6 @@ def summary(values: list[float]) -> dict:
             "n": len(values), "values": values}
 
 
-def n_params(cfg: ModelConfig, spec: dict) -> int:
-    m = models.build_model(cfg, in_channels=spec["in_channels"], num_classes=spec["num_classes"], image_size=spec["image_size"])
-    return models.count_parameters(m)
-
-
 def after_figures(model_path: Path, data_dir: Path, recon: Path, sim_cfg: SimilarityConfig, cfg: A.AdjustConfig,
                   figures: Path) -> list[dict]:
     """Paper 1 Fig 13 / 14: the adjusted model's reconstructions and similarity matrix (every conv layer)."""
@@ -82,7 +78,7 @@ def after_figures(model_path: Path, data_dir: Path, recon: Path, sim_cfg: Simila
     from stages.similarity import layer_record, write_layer_figures
 
     model, state = load_checkpoint(model_path)
-    x, labels = probe_images(data_dir, recon, None, state["spec"])
+    x, labels = probe_images(D.load_npz(data_dir), recon, None, state["spec"])
     names = [n for n, _ in conv_layers(model)]
     sims, reds, pixels = [], [], []
     for i in range(len(names)):
@@ -105,7 +101,7 @@ def retrain(args: argparse.Namespace) -> None:
     train_cfg = params.section("train", TrainConfig)
     sim_cfg = params.section("similarity", SimilarityConfig)
     cfg = params.section("adjust", A.AdjustConfig)
-    hw = params.hardware
+    hw = params.apply_hardware()
     adjusted_cfg, overrides, doc = read_adjusted(args.adjusted)
     baseline_metrics = load_json(args.baseline_metrics)
     recipe = parse(TrainConfig, {**to_dict(train_cfg), **overrides}, f"{args.adjusted}:train_overrides")
@@ -128,9 +124,11 @@ def retrain(args: argparse.Namespace) -> None:
             runs["after"].append(_run_record(m))
             if first:
                 spec = load_checkpoint(args.out)[1]["spec"]
-                target = n_params(adjusted_cfg, spec)
-                widths = A.uniform_control_widths(tuple(doc["baseline_widths"]),
-                                                  lambda ws, spec=spec: n_params(_with_widths(base_cfg, ws), spec), target)
+                target = models.count_parameters_of(adjusted_cfg, spec)
+                def count(ws: tuple[int, ...], spec: dict = spec) -> int:
+                    return models.count_parameters_of(_with_widths(base_cfg, ws), spec)
+
+                widths = A.uniform_control_widths(tuple(doc["baseline_widths"]), count, target)
                 control_cfg = _with_widths(base_cfg, widths)
             c = fit(args.data, control_cfg, _seeded(recipe, seed), hw,
                     out=args.control_out if first else scratch / "control.pt",
@@ -150,8 +148,8 @@ def retrain(args: argparse.Namespace) -> None:
                 runs["before"].append(_run_record(b))
 
     similarity_after = after_figures(args.out, args.data, args.recon, sim_cfg, cfg, args.figures)
-    params_count = {"before": n_params(base_cfg, spec), "after": n_params(adjusted_cfg, spec),
-                    "control": n_params(control_cfg, spec)}
+    params_count = {"before": models.count_parameters_of(base_cfg, spec), "after": target,
+                    "control": models.count_parameters_of(control_cfg, spec)}
     widths = {"before": list(base_cfg.widths), "after": list(adjusted_cfg.widths), "control": list(control_cfg.widths)}
     result = {k: summary(v) for k, v in rows.items() if v}
     row = {"dataset": args.dataset, "name": DATASET_NAMES.get(args.dataset, args.dataset), "seeds": seeds,
@@ -183,9 +181,6 @@ def _with_widths(cfg: ModelConfig, widths: tuple[int, ...]) -> ModelConfig:
 def _run_record(m: dict) -> dict:
     return {"seed": m["seed"], "test_top1": m["test"]["top1"], "test": m["test"], "parameters": m["parameters"],
             "epochs": m["epochs"], "train_seconds": m["train_seconds"], "final_val_top1": m["final_val_top1"]}
-
-
-# --------------------------------------------------------------------------- Table I
 
 
 @stage_main("retrain")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from cnnvis.io import atomic_path, save_figure, save_json
 from stages._common import Params, add_common_args, stage_main
 
 PARAMS = ("similarity",)
+FIGURE_KINDS = ("maps", "groups", "matrix")
 INPUTS = ("--recon",)
 OUTPUTS = ("--metrics", "--arrays", "--figures")
 
@@ -71,38 +73,35 @@ def analyse(layers: list[str], recons: list[np.ndarray], cfg: S.SimilarityConfig
 
 
 def layer_figures(name: str, ls: S.LayerSimilarity, red: S.Redundancy, pixels: np.ndarray, cfg: S.SimilarityConfig,
-                  *, probe_label: str, model_tag: str) -> dict[str, object]:
-    """The maps figure (plain and outlined) and the matrix figure of one layer."""
+                  *, probe_label: str, model_tag: str, kinds: Iterable[str] = FIGURE_KINDS) -> dict[str, object]:
+    """The figures of one layer of the given ``kinds``: maps (plain), groups (maps outlined), matrix."""
     from cnnvis.plotting.similarity import maps_grid_figure, similarity_matrix_figure
 
-    n = ls.dead_maps.shape[0]
     what = f"{model_tag}: deconvnet reconstructions of the {red.num_kernels} feature maps of {name} ({probe_label})"
     silent = np.flatnonzero(ls.dead_maps[0]).tolist()  # ``pixels`` shows probe image 0
-    return {
-        "maps": maps_grid_figure(pixels, title=what, outline=False, dead=red.dead_kernels, silent=silent),
-        "groups": maps_grid_figure(pixels, title=what, groups=red.groups, dead=red.dead_kernels, silent=silent),
-        "matrix": similarity_matrix_figure(ls.mean, title=f"{model_tag}: pHash similarity of the feature maps of {name}",
-                                           threshold=cfg.threshold, groups=red.groups, dead=red.dead_kernels,
-                                           method=cfg.method, n_images=n),
+    draw = {
+        "maps": lambda: maps_grid_figure(pixels, title=what, outline=False, dead=red.dead_kernels, silent=silent),
+        "groups": lambda: maps_grid_figure(pixels, title=what, groups=red.groups, dead=red.dead_kernels,
+                                           silent=silent),
+        "matrix": lambda: similarity_matrix_figure(
+            ls.mean, title=f"{model_tag}: pHash similarity of the feature maps of {name}", threshold=cfg.threshold,
+            groups=red.groups, dead=red.dead_kernels, method=cfg.method, n_images=ls.dead_maps.shape[0]),
     }
+    return {kind: draw[kind]() for kind in kinds}
 
 
 def write_layer_figures(directory: Path, layers: list[str], sims: list[S.LayerSimilarity], reds: list[S.Redundancy],
                         pixels: list[np.ndarray], cfg: S.SimilarityConfig, *, probe_label: str, model_tag: str,
                         paper: dict[int, dict[str, str]]) -> None:
     """Each figure of every layer once: under the paper's name where it has one (``paper[layer
-    index][kind] = name``; kinds: maps, groups, matrix), else maps_<layer>.png (groups outlined)
-    and matrix_<layer>.png; the plain maps figure only as a paper figure."""
-    import matplotlib.pyplot as plt
-
+    index][kind] = name``), else maps_<layer>.png (groups outlined) and matrix_<layer>.png; the
+    plain maps figure only as a paper figure."""
     for i, name in enumerate(layers):
-        figs = layer_figures(name, sims[i], reds[i], pixels[i], cfg, probe_label=probe_label, model_tag=model_tag)
-        names = {"maps": None, "groups": f"maps_{name}", "matrix": f"matrix_{name}", **paper.get(i, {})}
+        names = {"groups": f"maps_{name}", "matrix": f"matrix_{name}", **paper.get(i, {})}
+        figs = layer_figures(name, sims[i], reds[i], pixels[i], cfg, probe_label=probe_label, model_tag=model_tag,
+                             kinds=names)
         for kind, fig in figs.items():
-            if names[kind] is None:
-                plt.close(fig)
-            else:
-                save_figure(directory / f"{names[kind]}.png", fig)
+            save_figure(directory / f"{names[kind]}.png", fig)
 
 
 def layer_record(name: str, index: int, ls: S.LayerSimilarity, red: S.Redundancy) -> dict:

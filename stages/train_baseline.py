@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     params = Params.load(args.params, PARAMS, args.dataset)
     model_cfg = params.section("model", ModelConfig)
     train_cfg = params.section("train", TrainConfig)
-    fit(args.data, model_cfg, train_cfg, params.hardware, out=args.out, metrics_path=args.metrics,
+    fit(args.data, model_cfg, train_cfg, params.apply_hardware(), out=args.out, metrics_path=args.metrics,
         live_dir=args.live, resume_dir=args.resume_dir, tag="baseline")
 
 

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     params = Params.load(args.params, PARAMS, args.dataset)
     cfg: E.EncDecConfig = params.section("encdec", E.EncDecConfig)
     tcfg: TrainConfig = cfg.train
-    hw = params.hardware
+    hw = params.apply_hardware()
     from cnnvis.plotting import encdec as PE  # plotting is a leaf: only stages import it
 
     raw = D.load_npz(args.data)

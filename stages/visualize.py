@@ -221,9 +221,10 @@ def run(model: torch.nn.Module, spec: dict, test_u8: torch.Tensor, test_y: torch
         c = F.deletion_insertion(model, x_ev, F.pixel_importance(maps[name]), y_ev, steps=cfg.faithfulness_steps,
                                  deletion_baseline=cfg.deletion_baseline, insertion_baseline=cfg.insertion_baseline,
                                  blur_sigma=cfg.blur_sigma, black=-torch.tensor(mean) / torch.tensor(std))
-        curves[name] = {"deletion": c.deletion.numpy(), "insertion": c.insertion.numpy()}
-        faith[name] = {"deletion_auc_mean": float(c.deletion_auc.mean()), "deletion_auc_std": float(c.deletion_auc.std()),
-                       "insertion_auc_mean": float(c.insertion_auc.mean()),
+        curves[name] = {"deletion": c.deletion.numpy(), "insertion": c.insertion.numpy(),
+                        "deletion_auc": float(c.deletion_auc.mean()), "insertion_auc": float(c.insertion_auc.mean())}
+        faith[name] = {"deletion_auc_mean": curves[name]["deletion_auc"], "deletion_auc_std": float(c.deletion_auc.std()),
+                       "insertion_auc_mean": curves[name]["insertion_auc"],
                        "insertion_auc_std": float(c.insertion_auc.std()), "n": len(ev)}
     metrics["faithfulness"] = {"steps": cfg.faithfulness_steps, "deletion_baseline": cfg.deletion_baseline,
                                "insertion_baseline": cfg.insertion_baseline, "methods": faith}

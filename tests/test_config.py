@@ -25,7 +25,7 @@ def test_defaults_round_trip():
         (TrainConfig, "train", {"optimizer": "lbfgs"}, "train.optimizer = 'lbfgs': unknown; allowed: sgd, adamw"),
         (ModelConfig, "model", {"widths": [32, 0]}, "model.widths = 0: must be >= 1"),
         (ModelConfig, "model", {"name": "vgg"}, "model.name = 'vgg': unknown; allowed: p1_cnn, resnet18, encdec"),
-        (ModelConfig, "model", {"widths": [8, 8, 8]}, "model.kernel_sizes = [5, 5]"[:19]),
+        (ModelConfig, "model", {"widths": [8, 8, 8]}, "model.kernel_sizes = [3, 3]: needs one entry per width (3 widths)"),
         (ModelConfig, "model", {"widths": 32}, "model.widths = 32: expected list of int"),
         (DatasetConfig, "dataset.foo", {"name": "imagenet21k"}, "dataset.foo.name = 'imagenet21k': unknown; allowed: fashion_mnist"),
         (DatasetConfig, "dataset.x", {}, "dataset.x.name: missing required key"),

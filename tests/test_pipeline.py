@@ -78,18 +78,14 @@ def test_committed_full_run_metrics_did_not_drop():
 PAPER_TOLERANCE = 2.0  # accuracy points a committed result may sit below the paper's on the same dataset
 
 
-def test_committed_metrics_against_paper_where_datasets_match():
-    """Where a committed dataset is one a paper reports (MNIST, CIFAR, Tiny ImageNet), ours may not fall
-    more than PAPER_TOLERANCE points below the paper's accuracy; error columns are not compared."""
-    import json
-
+def paper_shortfalls(metrics: dict) -> tuple[int, list[str]]:
+    """(comparisons made, messages) for every accuracy of ``metrics`` ({dataset: {file: json}}) more than
+    PAPER_TOLERANCE points below the paper's on the same dataset; error columns are not compared."""
     import yaml
 
     from cnnvis.report import comparison_table
 
     reference = yaml.safe_load((ROOT / "reports" / "paper_reference.yaml").read_text())
-    metrics = {d.name: {f.name: json.loads(f.read_text()) for f in d.glob("*.json")}
-               for d in (ROOT / "reports" / "metrics").iterdir() if d.is_dir()}
     compared, problems = 0, []
     for spec in reference["tables"]:
         if "error" in str(spec.get("unit", "")).lower():
@@ -99,9 +95,33 @@ def test_committed_metrics_against_paper_where_datasets_match():
                 compared += 1
                 if delta < -PAPER_TOLERANCE:
                     problems.append(f"{spec['id']} {row.dataset} {row.label} {column}: {delta:+.2f} points vs the paper")
+    return compared, problems
+
+
+def committed_metrics() -> dict:
+    import json
+
+    return {d.name: {f.name: json.loads(f.read_text()) for f in d.glob("*.json")}
+            for d in (ROOT / "reports" / "metrics").iterdir() if d.is_dir()}
+
+
+def test_committed_metrics_against_paper_where_datasets_match():
+    """Where a committed dataset is one a paper reports (MNIST, CIFAR, Tiny ImageNet), ours may not fall
+    more than PAPER_TOLERANCE points below the paper's accuracy. Skips when no committed dataset is one
+    of the papers' (the default Fashion-MNIST); the check itself is exercised by the next test."""
+    metrics = committed_metrics()
+    compared, problems = paper_shortfalls(metrics)
     if compared == 0:
         pytest.skip(f"no committed dataset ({', '.join(sorted(metrics))}) is one the papers report")
     assert not problems, "\n".join(problems)
+
+
+def test_paper_comparison_flags_a_result_below_the_paper():
+    """The committed Fashion-MNIST metrics filed under 'mnist': 92.3 % is far below paper 1's 98.07 %."""
+    metrics = committed_metrics()
+    compared, problems = paper_shortfalls({"mnist": metrics["fashion_mnist"]})
+    assert compared > 0
+    assert compared == 2 and all(p.startswith("p1_table1 mnist ") for p in problems) and len(problems) == 2, problems
 
 
 def test_regression_check_names_the_metric_that_got_worse():

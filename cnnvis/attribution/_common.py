@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnvis.hooks import Captured, capture
+from cnnvis.models import conv_layers
 
 Target = int | Sequence[int] | torch.Tensor | None
 
@@ -44,10 +45,10 @@ def target_score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def last_conv(model: nn.Module) -> nn.Module:
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    convs = conv_layers(model)
     if not convs:
         raise ValueError("model has no nn.Conv2d layer; pass layer= explicitly")
-    return convs[-1]
+    return convs[-1][1]
 
 
 # --------------------------------------------------------------------------- the gradient at the input
@@ -56,10 +57,11 @@ def last_conv(model: nn.Module) -> nn.Module:
 @contextlib.contextmanager
 def input_grad_tracker(model: nn.Module) -> Iterator[tuple[nn.Conv2d, Captured] | None]:
     """Inside the block, record the model's first ``nn.Conv2d`` (module order) for ``input_grad``."""
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if conv is None:
+    convs = conv_layers(model)
+    if not convs:
         yield None
         return
+    conv = convs[0][1]
     with capture(conv) as box:
         yield conv, box
 
@@ -91,9 +93,14 @@ def conv_input_grad(conv: nn.Conv2d, grad_out: torch.Tensor, input_shape: torch.
                   stride=conv.stride)
 
 
+def plain_conv(layer: nn.Module) -> bool:
+    """An ``nn.Conv2d`` whose gradient is one ordinary (transposed) convolution: no groups, zero padding by numbers."""
+    return (isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.padding_mode == "zeros"
+            and not isinstance(layer.padding, str))
+
+
 def _foldable(conv: nn.Conv2d) -> bool:
-    return (conv.in_channels <= 4 and conv.groups == 1 and conv.padding_mode == "zeros"
-            and not isinstance(conv.padding, str))
+    return plain_conv(conv) and conv.in_channels <= 4
 
 
 def _sole_reader(output: torch.Tensor, conv_out: torch.Tensor | None, x: torch.Tensor) -> bool:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnvis.attribution._common import as_input
+from cnnvis.attribution._common import as_input, plain_conv
 from cnnvis.attribution.gradient import InputGradient
 from cnnvis.hooks import capture, model_state_guard, relu_rule, run_until
 
@@ -78,7 +78,7 @@ def project_feature_maps(model: nn.Module, layer: nn.Module, images: torch.Tenso
             raise ValueError(f"channels: indices must lie in [0, {acts.shape[1]}) for this layer")
         signal = _signals(acts.detach(), chans.to(acts.device), mode, rectify)  # [N, K, h, w]
         per_pass = len(chans) if max_batch is None else max(1, max_batch // max(n, 1))
-        fast = _plain_conv(layer) and box.input is not None
+        fast = plain_conv(layer) and box.input is not None
         switches = None
         if block is not None and block_in.input is x:
             switches = _switches(block, pool_in.input, box.input)
@@ -107,11 +107,6 @@ def _signals(acts: torch.Tensor, chans: torch.Tensor, mode: str, rectify: bool) 
         keep = torch.zeros_like(flat).scatter_(2, flat.argmax(2, keepdim=True), 1.0)
         own = (flat * keep).view_as(own)
     return own
-
-
-def _plain_conv(layer: nn.Module) -> bool:
-    return (isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.padding_mode == "zeros"
-            and not isinstance(layer.padding, str))
 
 
 def _through_conv(conv: nn.Conv2d, conv_in: torch.Tensor, x: torch.Tensor, chans: torch.Tensor,
@@ -149,7 +144,7 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
 
 
 def _unit_stride(conv: nn.Module) -> bool:
-    return _plain_conv(conv) and _pair(conv.stride) == (1, 1) and _pair(conv.dilation) == (1, 1)
+    return plain_conv(conv) and _pair(conv.stride) == (1, 1) and _pair(conv.dilation) == (1, 1)
 
 
 def _image_block(model: nn.Module, layer: nn.Module) -> _ImageBlock | None:

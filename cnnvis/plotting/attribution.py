@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -179,16 +180,18 @@ def randomization_curves(results: Mapping[str, Sequence[Mapping[str, float]]], *
     return fig
 
 
-def faithfulness_curves(curves: Mapping[str, Mapping[str, np.ndarray]], *, title: str) -> Figure:
-    """Mean target probability vs fraction of pixels deleted / inserted, per method (shaded: ± 1 s.e.m.)."""
+def faithfulness_curves(curves: Mapping[str, Mapping[str, Any]], *, title: str) -> Figure:
+    """Mean target probability vs fraction of pixels deleted / inserted, per method (shaded: ± 1 s.e.m.).
+
+    ``curves[method]``: "deletion" / "insertion" curves [N, S+1] and their mean areas "deletion_auc" /
+    "insertion_auc" (as computed by ``cnnvis.attribution.faithfulness``)."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
     for ax, kind in zip(axes, ("deletion", "insertion"), strict=True):
         for name, c in curves.items():
             arr = np.asarray(c[kind])
             x = np.linspace(0, 1, arr.shape[1])
             mean, sem = arr.mean(0), arr.std(0) / np.sqrt(arr.shape[0])
-            area = float(((arr.sum(1) - 0.5 * (arr[:, 0] + arr[:, -1])) / (arr.shape[1] - 1)).mean())
-            ax.plot(x, mean, label=f"{name} (AUC {area:.3f})")
+            ax.plot(x, mean, label=f"{name} (AUC {c[f'{kind}_auc']:.3f})")
             ax.fill_between(x, mean - sem, mean + sem, alpha=0.15)
         ax.set_xlabel(f"fraction of pixels {'deleted' if kind == 'deletion' else 'inserted'}, most important first")
         ax.set_ylabel("probability of the true class")

@@ -203,15 +203,19 @@ def sweep(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_clas
     g = torch.Generator().manual_seed(seed)
     jobs: list[tuple[str, int, float]] = [(m, 0, f) for f in fractions for m in rankings]
     jobs += [("random", r, f) for f in fractions for r in range(random_repeats)]
-    rows = []
+    rows, unpruned = [], None
     for method, repeat, fraction in progress(jobs, desc="sweep", unit="model"):
         if method == "random":
             removed, threshold = random_filters(sizes, fraction, g, min_keep=min_keep), float("nan")
         else:
             removed, threshold = lowest_filters(rankings[method], fraction, min_keep=min_keep)
         n_removed = sum(len(v) for v in removed.values())
-        net = zero_filters(model, removed, example_inputs) if n_removed else model
-        res = evaluate(net, images, labels, num_classes, batch_size=batch_size)
+        if n_removed:
+            res = evaluate(zero_filters(model, removed, example_inputs), images, labels, num_classes,
+                           batch_size=batch_size)
+        else:  # nothing removed (fraction 0 of every ranking): the model itself, evaluated once
+            unpruned = unpruned or evaluate(model, images, labels, num_classes, batch_size=batch_size)
+            res = unpruned
         rows.append({"method": method, "repeat": repeat, "fraction": fraction, "removed": n_removed,
                      "removed_fraction": n_removed / sum(sizes.values()), "threshold": threshold,
                      "removed_per_layer": {n: len(v) for n, v in removed.items()},

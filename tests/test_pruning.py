@@ -83,7 +83,7 @@ def test_l1_norms_and_normalization():
     assert all(abs(v.mean().item() - 1) < 1e-6 for v in norm.values())
 
 
-def test_evaluate_per_class_table_and_sweep():
+def test_evaluate_per_class_table_and_sweep(monkeypatch):
     model = p1()
     y = model(X).argmax(1).detach()
     y[:5] = (y[:5] + 1) % 5  # 5 known errors
@@ -101,9 +101,13 @@ def test_evaluate_per_class_table_and_sweep():
         masked = P.zero_filters(model, {"features.conv1": torch.tensor([r["most_filter"]])}, X[:1])
         assert r["error_most_removed"] == pytest.approx(P.evaluate(masked, X[sel], y[sel], 5)["error"])
     scores = P.normalize_scores(P.filter_l1_norms(model, ["features.conv1", "features.conv2"]))
+    calls = []
+    real = P.evaluate
+    monkeypatch.setattr(P, "evaluate", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     sweep = P.sweep(model, X, y, 5, {"l1_norm": scores}, [0.0, 0.5], X[:1], random_repeats=2)
     assert [r["method"] for r in sweep] == ["l1_norm", "l1_norm", "random", "random", "random", "random"]
     assert sweep[0]["error"] == pytest.approx(res["error"]) and sweep[0]["removed"] == 0
+    assert sweep[2]["error"] == sweep[0]["error"] and len(calls) == 4  # the unpruned model once, 3 pruned
     assert sweep[1]["removed"] == 5 and sweep[1]["removed_fraction"] == pytest.approx(0.5)
 
 

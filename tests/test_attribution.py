@@ -177,12 +177,16 @@ def _closed_form_cases() -> list[tuple[str, nn.Module, torch.Tensor, bool]]:
 
 @pytest.mark.parametrize("case", range(3))
 @pytest.mark.parametrize("mode", ["all", "max"])
-def test_project_feature_maps_closed_form_equals_captum_and_autograd(case, mode, monkeypatch):
+@pytest.mark.parametrize("one_position_per_product", [False, True])
+def test_project_feature_maps_closed_form_equals_captum_and_autograd(case, mode, one_position_per_product,
+                                                                     monkeypatch):
     """The closed-form first block (unpool, ReLU rule, BN scale, transposed filters fused) equals autograd."""
     from captum.attr import NeuronDeconvolution
 
     import cnnvis.attribution.deconvnet as deconv
 
+    if one_position_per_product:  # blocks of one pooled position: every block boundary is crossed
+        monkeypatch.setattr(deconv, "_CACHE_FLOATS", 1)
     name, model, x, closed = _closed_form_cases()[case]
     layer = conv_layers(model)[1][1]
     calls = []

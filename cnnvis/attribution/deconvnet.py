@@ -154,7 +154,7 @@ def _image_block(model: nn.Module, layer: nn.Module) -> _ImageBlock | None:
     and a non-overlapping max-pool (kernel = stride, no padding), and ``layer``
     a stride-1 conv. Whether the block's input is the image is checked at run time.
     """
-    if not _unit_stride(layer):
+    if not _unit_stride(layer) or any(p > k - 1 for p, k in zip(_pair(layer.padding), _pair(layer.kernel_size))):
         return None
     for seq in model.modules():
         if not isinstance(seq, nn.Sequential):
@@ -190,36 +190,62 @@ def _switches(block: _ImageBlock, pool_in: torch.Tensor | None, pooled_seen: tor
         pooled, idx = F.max_pool2d(pool_in, (sh, sw), (sh, sw), return_indices=True)
     if not torch.equal(pooled, pooled_seen):
         return None
+    h, w = pooled.shape[2:]
     width = pool_in.shape[-1]
-    return (idx // width % sh) * sw + idx % width % sw
+    corner = (torch.arange(h, device=idx.device)[:, None] * (sh * width) + torch.arange(w, device=idx.device) * sw)
+    within = idx - corner  # dy·width + dx
+    dy = within.div(width, rounding_mode="floor")
+    return dy * sw + within - dy * width
 
 
 def _through_image_block(block: _ImageBlock, layer: nn.Conv2d, offsets: torch.Tensor, image_shape: torch.Size,
                          chans: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
     """Deconvnet projection of each map's signal through ``layer`` and the first block, in closed form.
 
-    1. Transposed conv of map k's signal with filter k alone: the padded signal
-       correlated with the flipped filter, one batched matrix product over maps.
+    1. Transposed conv of map k's signal with filter k alone: one grouped
+       convolution (a group per map) with the flipped filters, channels-last,
+       so the C × K block of every position is contiguous.
     2. ReLU rule on the result (it commutes with unpooling: unpooled zeros stay 0).
     3. Unpooling through the switches, BN's eval scale and the block conv's
        transposed filters fused: a value pooled from window offset d lands at
        d + (the filter's footprint), so for each pooled position the map from
        the C channels to the (offset-shifted) filter footprints is one C × F
-       matrix shared by all maps: a second batched matrix product. The
-       footprints are then summed into the image at stride = pool size.
-    No tensor of the unpooled size N·K·C·H·W is ever formed. [N, K, C_x, H, W].
+       matrix, gathered by the switches and shared by all maps: one batched
+       matrix product gives every map's footprints, which ``index_add_`` sums
+       into the image at stride = pool size.
+    No tensor of the unpooled size N·K·C·H·W is ever formed; images go one at a
+    time and positions in blocks, so the working set stays in cache. [N, K, C_x, H, W].
     """
     n, k = signal.shape[:2]
-    c, (kh, kw) = layer.in_channels, _pair(layer.kernel_size)
+    c, (kh, kw), (ph, pw) = layer.in_channels, _pair(layer.kernel_size), _pair(layer.padding)
     hin, win = offsets.shape[2:]
-    flipped = layer.weight.detach()[chans].flip(-1, -2).reshape(k, c, kh * kw).transpose(1, 2)
-    placed = _placed_filters(block, c)
-    step = max(1, _CACHE_FLOATS // (k * hin * win * c))  # images per product: the working set stays in cache
-    return torch.cat([_image_block_step(block, layer, offsets[i : i + step], image_shape, flipped, placed,
-                                        signal[i : i + step]) for i in range(0, n, step)])
+    flipped = layer.weight.detach()[chans].flip(-1, -2).reshape(k * c, 1, kh, kw)
+    placed = _placed_filters(block, c)  # [sh, sw, C, C_x, qh·sh, qw·sw]
+    sh, sw, _, cx, vh, vw = placed.shape
+    per_offset = placed.view(sh * sw * c, cx * vh * vw)  # row d·C + c: channel c's footprint for window offset d
+    rows = (offsets * c + torch.arange(c, device=offsets.device)[:, None, None]).permute(0, 2, 3, 1).reshape(n, -1)
+    hp, wp = (hin + vh // sh) * sh, (win + vw // sw) * sw  # room for every footprint; image row y is row y + pad
+    pix = _footprint_pixels(hin, win, cx, vh, vw, sh, sw, hp, wp, offsets.device)
+    f = cx * vh * vw  # footprint entries per position
+    step = max(1, _CACHE_FLOATS // (f * k))
+    signal = signal.contiguous(memory_format=torch.channels_last)
+    p1h, p1w = _pair(block.conv.padding)
+    hx, wx = image_shape[2:]
+    out = signal.new_empty(n, k, cx, hx, wx)
+    acc = signal.new_empty(cx * hp * wp, k)
+    for i in range(n):
+        g = F.conv2d(signal[i : i + 1], flipped, None, 1, (kh - 1 - ph, kw - 1 - pw), 1, k).clamp_(min=0)
+        g = g.permute(0, 2, 3, 1).reshape(hin * win, k, c).transpose(1, 2)  # [position, C, K], no copy
+        footprint_maps = per_offset.index_select(0, rows[i]).view(hin * win, c, -1).transpose(1, 2)  # [position, F, C]
+        acc.zero_()
+        for p0 in range(0, hin * win, step):  # a block of positions at a time: the products stay in cache
+            p1 = min(p0 + step, hin * win)
+            acc.index_add_(0, pix[p0 * f : p1 * f], torch.bmm(footprint_maps[p0:p1], g[p0:p1]).view(-1, k))
+        out[i] = acc.view(cx, hp, wp, k)[:, p1h : p1h + hx, p1w : p1w + wx].permute(3, 0, 1, 2)
+    return out
 
 
-_CACHE_FLOATS = 1 << 19  # ~2 MB of float32; 1 image × 64 maps of paper 1's conv2 per step was fastest here
+_CACHE_FLOATS = 1 << 17  # footprints per product (~0.5 MB of float32): 56 positions of paper 1's conv2 here
 
 
 def _placed_filters(block: _ImageBlock, c: int) -> torch.Tensor:
@@ -242,32 +268,15 @@ def _placed_filters(block: _ImageBlock, c: int) -> torch.Tensor:
     return placed
 
 
-def _image_block_step(block: _ImageBlock, layer: nn.Conv2d, offsets: torch.Tensor, image_shape: torch.Size,
-                      flipped: torch.Tensor, placed: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
-    """``_through_image_block`` for a few images: ``flipped`` [K, kh·kw, C], ``placed`` from ``_placed_filters``."""
-    n, k = signal.shape[:2]
-    c, (kh, kw), (ph, pw) = layer.in_channels, _pair(layer.kernel_size), _pair(layer.padding)
-    hin, win = offsets.shape[2:]
-    # 1-2: g[k, (n, y, x), c] = relu(Σ_uv signal_k[y + u - (kh-1-ph), ...] · flip(W_k)[c, u, v])
-    padded = F.pad(signal.transpose(0, 1), (kw - 1 - pw, kw - 1 - pw, kh - 1 - ph, kh - 1 - ph)).contiguous()
-    st = padded.stride()
-    cols = padded.as_strided((k, n, hin, win, kh, kw), (*st, st[2], st[3])).reshape(k, n * hin * win, kh * kw)
-    g = torch.bmm(cols, flipped).clamp_(min=0)
-    # 3: unpooling, BN scale and the block conv's transposed filters as one product per pooled position
-    sh, sw, _, cx, vh, vw = placed.shape
-    qh, qw = vh // sh, vw // sw
-    rows = (offsets * c + torch.arange(c, device=offsets.device)[:, None, None]).permute(0, 2, 3, 1).reshape(-1, c)
-    per_position = placed.view(sh * sw * c, -1)[rows]  # [N·hin·win, C, C_x·vh·vw]
-    footprints = torch.bmm(per_position.transpose(1, 2), g.permute(1, 2, 0))  # [N·hin·win, C_x·vh·vw, K]
-    src = footprints.view(n, hin, win, cx, qh, sh, qw, sw, k)
-    acc = footprints.new_zeros(n, hin + qh, sh, win + qw, sw, cx, k)
-    for a in range(qh):
-        for b in range(qw):
-            acc[:, a : a + hin, :, b : b + win] += src[:, :, :, :, a, :, b].permute(0, 1, 4, 2, 5, 3, 6)
-    hx, wx = image_shape[2:]
-    p1h, p1w = _pair(block.conv.padding)
-    image = acc.view(n, (hin + qh) * sh, (win + qw) * sw, cx, k)[:, p1h : p1h + hx, p1w : p1w + wx]
-    return image.permute(0, 4, 3, 1, 2)
+def _footprint_pixels(hin: int, win: int, cx: int, vh: int, vw: int, sh: int, sw: int, hp: int, wp: int,
+                      device: torch.device) -> torch.Tensor:
+    """Flat index into the [C_x, hp, wp] canvas of footprint entry (position y, x; channel; row r; column s)."""
+    y = torch.arange(hin, device=device).view(-1, 1, 1, 1, 1)
+    x = torch.arange(win, device=device).view(1, -1, 1, 1, 1)
+    ch = torch.arange(cx, device=device).view(1, 1, -1, 1, 1)
+    r = torch.arange(vh, device=device).view(1, 1, 1, -1, 1)
+    s = torch.arange(vw, device=device).view(1, 1, 1, 1, -1)
+    return ((ch * hp + sh * y + r) * wp + sw * x + s).reshape(-1)
 
 
 def _replicated(model: nn.Module, box, x: torch.Tensor, chans: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:

@@ -344,6 +344,33 @@ def test_contract(model, images, name):
             p.requires_grad_(True)
 
 
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_batches_give_the_maps_of_one_pass(model, name, monkeypatch):
+    """``batch_size`` splits the images (3 + 3 + 1 here); every target form follows its images."""
+    x = torch.randn(7, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    targets = torch.tensor([3, 0, 9, 3, 1, 7, 2])
+    method = _make(name, model)
+    sizes = []
+    real = type(method)._attribute
+    monkeypatch.setattr(type(method), "_attribute", lambda self, xb, t: sizes.append(len(xb)) or real(self, xb, t))
+    for target in (targets, targets.tolist(), 4, None):
+        sizes.clear()
+        whole = method.attribute(x, target, batch_size=None)
+        assert sizes == [7]
+        sizes.clear()
+        split = method.attribute(x, target, batch_size=3)
+        assert sizes == [3, 3, 1]
+        torch.testing.assert_close(split, whole, atol=ATOL, rtol=1e-4)
+    # the targets of the second batch are images 3..5's, not the first three again
+    per_image = torch.cat([method.attribute(x[i : i + 1], int(targets[i])) for i in range(7)])
+    torch.testing.assert_close(method.attribute(x, targets, batch_size=3), per_image, atol=ATOL, rtol=1e-4)
+    for bad in (0, -2, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size"):
+            method.attribute(x, targets, batch_size=bad)
+    with pytest.raises(ValueError, match="7 class indices"):
+        method.attribute(x, targets[:5], batch_size=3)
+
+
 def test_model_unchanged_when_an_exception_is_raised(model, images):
     model.train()
     before = _snapshot(model)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,43 @@ def as_input(images: torch.Tensor) -> torch.Tensor:
 def target_score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Σ_n y^{c_n}_n: the sum of each image's target logit (images are independent in eval mode)."""
     return logits.gather(1, targets[:, None]).sum()
+
+
+BATCH = 64  # images per forward/backward pass by default: bounded memory, and fastest here (README benchmarks)
+
+
+class Attribution:
+    """What the methods share: ``attribute`` runs the method's ``_attribute`` on batches of images.
+
+    Images are independent in eval mode, so the maps do not depend on
+    ``batch_size`` (None: all images in one pass); smaller batches bound the
+    memory of the saved activations.
+    """
+
+    def attribute(self, images: torch.Tensor, target: Target = None, *, batch_size: int | None = BATCH) -> torch.Tensor:
+        return in_batches(self._attribute, images, target, batch_size)
+
+    def _attribute(self, images: torch.Tensor, target: Target) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def in_batches(fn: Callable[[torch.Tensor, Target], torch.Tensor], images: torch.Tensor, target: Target,
+               batch_size: int | None) -> torch.Tensor:
+    """``fn(images, target)`` on consecutive batches of at most ``batch_size`` images, concatenated."""
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size = {batch_size!r}: expected a positive int or None (all images at once)")
+    n = images.shape[0] if images.ndim == 4 else 0
+    if batch_size is None or n <= batch_size:
+        return fn(images, target)  # also reports a malformed batch
+    per_image = None
+    if target is not None and not isinstance(target, int):
+        per_image = torch.as_tensor(target)
+        if per_image.ndim == 0:
+            per_image = None
+        elif per_image.shape != (n,):
+            raise ValueError(f"target: expected an int or {n} class indices, got shape {tuple(per_image.shape)}")
+    return torch.cat([fn(images[i : i + batch_size], target if per_image is None else per_image[i : i + batch_size])
+                      for i in range(0, n, batch_size)])
 
 
 def last_conv(model: nn.Module) -> nn.Module:

@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnvis.attribution._common import Target, as_input, as_targets, last_conv, target_score
+from cnnvis.attribution._common import Attribution, Target, as_input, as_targets, last_conv, target_score
 from cnnvis.hooks import capture, model_state_guard
 
 INTERPOLATE = ("bilinear", "nearest", None)
 
 
-class GradCAM:
+class GradCAM(Attribution):
     """Class activation map of ``layer`` (default: the last conv layer): float [N, 1, H, W]."""
 
     def __init__(self, model: nn.Module, layer: nn.Module | None = None, *, relu: bool = True,
@@ -32,7 +32,7 @@ class GradCAM:
         self.relu = relu
         self.interpolate = interpolate
 
-    def attribute(self, images: torch.Tensor, target: Target = None) -> torch.Tensor:
+    def _attribute(self, images: torch.Tensor, target: Target) -> torch.Tensor:
         with model_state_guard(self.model, eval_mode=True, frozen=True), capture(self.layer) as box, \
                 torch.enable_grad():
             x = as_input(images)  # requires grad so the layer output is part of the graph (weights are frozen)

@@ -11,11 +11,12 @@ import contextlib
 import torch
 from torch import nn
 
-from cnnvis.attribution._common import Target, as_input, as_targets, input_grad, input_grad_tracker, target_score
+from cnnvis.attribution._common import (Attribution, Target, as_input, as_targets, input_grad, input_grad_tracker,
+                                        target_score)
 from cnnvis.hooks import model_state_guard, relu_rule
 
 
-class InputGradient:
+class InputGradient(Attribution):
     """∂y^c/∂x for each image (float [N, C, H, W]), back-propagated through ReLUs with ``rule``."""
 
     rule: str | None = None
@@ -25,7 +26,7 @@ class InputGradient:
             raise ValueError(f"{type(self).__name__} attributes to the input; it takes no layer")
         self.model = model
 
-    def attribute(self, images: torch.Tensor, target: Target = None) -> torch.Tensor:
+    def _attribute(self, images: torch.Tensor, target: Target) -> torch.Tensor:
         rule = relu_rule(self.model, self.rule) if self.rule is not None else contextlib.nullcontext()
         with model_state_guard(self.model, eval_mode=True, frozen=True), rule, \
                 input_grad_tracker(self.model) as first, torch.enable_grad():

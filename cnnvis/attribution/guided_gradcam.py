@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnvis.attribution._common import Target, as_input, as_targets, input_grad, input_grad_tracker, target_score
+from cnnvis.attribution._common import (Attribution, Target, as_input, as_targets, input_grad, input_grad_tracker,
+                                        target_score)
 from cnnvis.attribution.gradcam import GradCAM
 from cnnvis.attribution.guided_backprop import GuidedBackprop
 from cnnvis.hooks import capture, model_state_guard, relu_rule
 
 
-class GuidedGradCAM:
+class GuidedGradCAM(Attribution):
     """The product of two methods, float [N, C, H, W]; Grad-CAM with ReLU (the paper's).
 
     Composed of ``GradCAM.map_from`` (eq. (1)) and ``GuidedBackprop.rule``; both
@@ -23,7 +24,7 @@ class GuidedGradCAM:
         self.gradcam = GradCAM(model, layer, relu=True, interpolate=interpolate)
         self.model, self.layer = model, self.gradcam.layer
 
-    def attribute(self, images: torch.Tensor, target: Target = None) -> torch.Tensor:
+    def _attribute(self, images: torch.Tensor, target: Target) -> torch.Tensor:
         with model_state_guard(self.model, eval_mode=True, frozen=True), relu_rule(self.model, None) as switch, \
                 capture(self.layer) as box, input_grad_tracker(self.model) as first, torch.enable_grad():
             x = as_input(images)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cnnvis.attribution._common import Target
+from cnnvis.attribution._common import BATCH, Target
 from cnnvis.attribution.gradient import InputGradient
 
 
@@ -13,6 +13,7 @@ class Saliency(InputGradient):
 
     rule = None
 
-    def attribute(self, images: torch.Tensor, target: Target = None, abs: bool = True) -> torch.Tensor:  # noqa: A002
-        grad = super().attribute(images, target)
+    def attribute(self, images: torch.Tensor, target: Target = None, abs: bool = True, *,  # noqa: A002
+                  batch_size: int | None = BATCH) -> torch.Tensor:
+        grad = super().attribute(images, target, batch_size=batch_size)
         return grad.abs() if abs else grad

@@ -2,8 +2,9 @@
 
     python -m benchmarks.attribution [--model data/models/fashion_mnist/baseline.pt] [--images 256] [--threads 1]
 
-1. Guided Grad-CAM on N test images (target = label): ours vs Captum's
-   GuidedGradCam (bilinear, the same maps) and vs pytorch-grad-cam's route
+1. Guided Grad-CAM on N test images (target = label): ours (its default
+   batches of ``BATCH`` images) vs Captum's GuidedGradCam (bilinear, the same
+   maps; all images in one pass, its default) and vs pytorch-grad-cam's route
    (GradCAM batched, then its GuidedBackpropReLUModel one image at a time).
 2. Deconvnet projection of every kernel of a layer for the probe images: ours
    (one batched backward pass) vs a loop of one backward per kernel (one shared
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnvis.attribution import GuidedGradCAM, project_feature_maps
+from cnnvis.attribution import BATCH, GuidedGradCAM, project_feature_maps
 from cnnvis.hooks import model_state_guard, relu_rule
 from cnnvis.models import conv_layers
 
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     t = guided_gradcam(model, x, y, args.repeats)
     med = {k: statistics.median(v) for k, v in t.items()}
     print(f"\nGuided Grad-CAM, {len(x)} images (bilinear, maps equal to Captum's within 1e-5):")
-    print(f"  ours {med['ours']:.3f} s | Captum GuidedGradCam {med['captum']:.3f} s | "
+    print(f"  ours (batches of {BATCH}) {med['ours']:.3f} s | Captum GuidedGradCam {med['captum']:.3f} s | "
           f"pytorch-grad-cam per-image guided backprop {med['pytorch_grad_cam']:.3f} s")
     print(f"  speed-up vs Captum: {describe(t, 'captum', 1.0)}")
     print(f"  speed-up vs pytorch-grad-cam: {describe(t, 'pytorch_grad_cam', 5.0)}")

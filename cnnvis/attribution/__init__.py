@@ -4,6 +4,7 @@ One small file per method; deconvnet and guided backprop differ by one ReLU rule
 (``cnnvis.hooks.relu_rule``), Guided Grad-CAM is a composition of two methods.
 """
 
+from cnnvis.attribution._common import BATCH
 from cnnvis.attribution.config import VisualizeConfig
 from cnnvis.attribution.deconvnet import Deconvnet, project_feature_maps
 from cnnvis.attribution.gradcam import GradCAM, minmax_per_image
@@ -16,5 +17,5 @@ from cnnvis.attribution.saliency import Saliency
 METHODS = {"saliency": Saliency, "deconvnet": Deconvnet, "guided_backprop": GuidedBackprop,
            "gradcam": GradCAM, "guided_gradcam": GuidedGradCAM}
 
-__all__ = ["METHODS", "Deconvnet", "GradCAM", "GuidedBackprop", "GuidedGradCAM", "InputGradient", "Saliency",
+__all__ = ["BATCH", "METHODS", "Deconvnet", "GradCAM", "GuidedBackprop", "GuidedGradCAM", "InputGradient", "Saliency",
            "VisualizeConfig", "minmax_per_image", "project_feature_maps"]

@@ -154,7 +154,10 @@ def _image_block(model: nn.Module, layer: nn.Module) -> _ImageBlock | None:
     and a non-overlapping max-pool (kernel = stride, no padding), and ``layer``
     a stride-1 conv. Whether the block's input is the image is checked at run time.
     """
-    if not _unit_stride(layer) or any(p > k - 1 for p, k in zip(_pair(layer.padding), _pair(layer.kernel_size))):
+    if not _unit_stride(layer):
+        return None
+    (ph, pw), (kh, kw) = _pair(layer.padding), _pair(layer.kernel_size)
+    if ph > kh - 1 or pw > kw - 1:  # step 1's convolution pads by k - 1 - p
         return None
     for seq in model.modules():
         if not isinstance(seq, nn.Sequential):

@@ -11,8 +11,7 @@ import contextlib
 import torch
 from torch import nn
 
-from cnnvis.attribution._common import (Attribution, Target, as_input, as_targets, input_grad, input_grad_tracker,
-                                        target_score)
+from cnnvis.attribution._common import Attribution, Target, as_input, as_targets, input_grad, input_grad_tracker, target_score
 from cnnvis.hooks import model_state_guard, relu_rule
 
 

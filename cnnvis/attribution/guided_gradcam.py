@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnvis.attribution._common import (Attribution, Target, as_input, as_targets, input_grad, input_grad_tracker,
-                                        target_score)
+from cnnvis.attribution._common import Attribution, Target, as_input, as_targets, input_grad, input_grad_tracker, target_score
 from cnnvis.attribution.gradcam import GradCAM
 from cnnvis.attribution.guided_backprop import GuidedBackprop
 from cnnvis.hooks import capture, model_state_guard, relu_rule

@@ -7,7 +7,7 @@
    maps; all images in one pass, its default) and vs pytorch-grad-cam's route
    (GradCAM batched, then its GuidedBackpropReLUModel one image at a time).
 2. Deconvnet projection of every kernel of a layer for the probe images: ours
-   (one batched backward pass) vs a loop of one backward per kernel (one shared
+   (``project_feature_maps``, all maps at once) vs a loop of one backward per kernel (one shared
    forward, ``retain_graph``) and vs Captum's NeuronDeconvolution per kernel.
 
 The contenders of each comparison run interleaved, ``--repeats`` rounds of one

@@ -53,7 +53,8 @@ def project_feature_maps(model: nn.Module, layer: nn.Module, images: torch.Tenso
     multiply zeros). When the layer directly follows the network's first block
     (conv → [BN] → ReLU → non-overlapping max-pool on the image, as in paper 1's
     network) the whole projection is computed in closed form by
-    ``_through_image_block`` (two batched matrix products, no autograd);
+    ``_through_image_block`` (a grouped convolution and one matrix product per
+    pooled position, no autograd);
     otherwise the rest of the network is traversed by one vmapped backward
     (``is_grads_batched``). Any other layer replicates the batch once per map.
     """

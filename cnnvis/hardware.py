@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from cnnvis import ConfigError
 from cnnvis.config import HardwareConfig
 
 
@@ -15,8 +16,6 @@ def resolve_device(hw: HardwareConfig) -> torch.device:
     if hw.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if hw.device == "cuda" and not torch.cuda.is_available():
-        from cnnvis import ConfigError
-
         raise ConfigError("hardware.device = 'cuda': no CUDA device visible; use hardware=cpu")
     return torch.device(hw.device)
 

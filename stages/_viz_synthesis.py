@@ -7,6 +7,7 @@ writes its figures (and the volume file) into ``fig_dir`` and returns metrics.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -33,16 +34,14 @@ FIGURES = ("p2_fig02_kernels_maps.png", "p2_actmax_classes.png", "p2_actmax_chan
 log = logging.getLogger("cnnvis.visualize.synthesis")
 
 
-
 def write_volume(path: Path, vol: np.ndarray, header: dict) -> None:
     """The NRRD volume, byte-reproducible: pynrrd's '# on <date>' header comment is dropped."""
-    import re
-
     with atomic_path(path) as tmp:
         nrrd.write(str(tmp), vol, header, index_order="C")
         raw = tmp.read_bytes()
         head, sep, body = raw.partition(b"\n\n")  # the header ends at the first blank line
         tmp.write_bytes(re.sub(rb"(?m)^# on [^\n]*\n", b"", head) + sep + body)
+
 
 def _settings(cfg: S.SynthesisConfig) -> str:
     return (f"{cfg.steps} steps, step {cfg.lr:g}, L2 decay {cfg.l2_decay:g}, blur σ={cfg.blur_sigma:g} every "

@@ -120,7 +120,6 @@ def test_paper_comparison_flags_a_result_below_the_paper():
     """The committed Fashion-MNIST metrics filed under 'mnist': 92.3 % is far below paper 1's 98.07 %."""
     metrics = committed_metrics()
     compared, problems = paper_shortfalls({"mnist": metrics["fashion_mnist"]})
-    assert compared > 0
     assert compared == 2 and all(p.startswith("p1_table1 mnist ") for p in problems) and len(problems) == 2, problems
 
 

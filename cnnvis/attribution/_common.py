@@ -103,8 +103,7 @@ def input_grad_tracker(model: nn.Module) -> Iterator[tuple[nn.Conv2d, Captured] 
         yield conv, box
 
 
-def input_grad(output: torch.Tensor, x: torch.Tensor, tracked: tuple[nn.Conv2d, Captured] | None, *,
-               retain_graph: bool = False) -> torch.Tensor:
+def input_grad(output: torch.Tensor, x: torch.Tensor, tracked: tuple[nn.Conv2d, Captured] | None) -> torch.Tensor:
     """∂output/∂x, with the last step done by hand when that is faster and exact.
 
     oneDNN computes the input gradient of a convolution with few input channels
@@ -116,9 +115,9 @@ def input_grad(output: torch.Tensor, x: torch.Tensor, tracked: tuple[nn.Conv2d, 
     if tracked is not None:
         conv, box = tracked
         if box.input is x and _foldable(conv) and _sole_reader(output, box.output, x):
-            (g,) = torch.autograd.grad(output, box.output, retain_graph=retain_graph)
+            (g,) = torch.autograd.grad(output, box.output)
             return conv_input_grad(conv, g, x.shape)
-    (g,) = torch.autograd.grad(output, x, retain_graph=retain_graph)
+    (g,) = torch.autograd.grad(output, x)
     return g
 
 
@@ -130,6 +129,9 @@ def conv_input_grad(conv: nn.Conv2d, grad_out: torch.Tensor, input_shape: torch.
                   stride=conv.stride)
 
 
+IMAGE_CHANNELS = 4  # a conv with at most this many input channels reads an image: oneDNN's backward is slow there
+
+
 def plain_conv(layer: nn.Module) -> bool:
     """An ``nn.Conv2d`` whose gradient is one ordinary (transposed) convolution: no groups, zero padding by numbers."""
     return (isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.padding_mode == "zeros"
@@ -137,7 +139,7 @@ def plain_conv(layer: nn.Module) -> bool:
 
 
 def _foldable(conv: nn.Conv2d) -> bool:
-    return plain_conv(conv) and conv.in_channels <= 4
+    return plain_conv(conv) and conv.in_channels <= IMAGE_CHANNELS
 
 
 def _sole_reader(output: torch.Tensor, conv_out: torch.Tensor | None, x: torch.Tensor) -> bool:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnvis.attribution._common import as_input, plain_conv
+from cnnvis.attribution._common import IMAGE_CHANNELS, as_input, plain_conv
 from cnnvis.attribution.gradient import InputGradient
 from cnnvis.hooks import capture, model_state_guard, relu_rule, run_until
 
@@ -114,7 +114,7 @@ def _through_conv(conv: nn.Conv2d, conv_in: torch.Tensor, x: torch.Tensor, chans
                   signal: torch.Tensor, retain: bool) -> torch.Tensor:
     """Per map k: transposed convolution of its signal with filter k alone, then one vmapped backward to x."""
     weight = conv.weight.detach()[chans]  # [K, C_in, kh, kw]
-    if conv.in_channels <= 4:  # few input channels (an image): one grouped transposed conv is fastest on CPU
+    if conv.in_channels <= IMAGE_CHANNELS:  # an image's few channels: one grouped transposed conv is fastest
         k = len(chans)
         out_pad = [size - ((h - 1) * st - 2 * p + d * (kk - 1) + 1) for size, h, st, p, d, kk in zip(
             conv_in.shape[2:], signal.shape[2:], conv.stride, conv.padding, conv.dilation, conv.kernel_size, strict=True)]

@@ -177,16 +177,23 @@ def _closed_form_cases() -> list[tuple[str, nn.Module, torch.Tensor, bool]]:
 
 @pytest.mark.parametrize("case", range(3))
 @pytest.mark.parametrize("mode", ["all", "max"])
-@pytest.mark.parametrize("one_position_per_product", [False, True])
-def test_project_feature_maps_closed_form_equals_captum_and_autograd(case, mode, one_position_per_product,
+@pytest.mark.parametrize(("one_row_per_strip", "onednn"), [(False, True), (True, True), (False, False)])
+def test_project_feature_maps_closed_form_equals_captum_and_autograd(case, mode, one_row_per_strip, onednn,
                                                                      monkeypatch):
-    """The closed-form first block (unpool, ReLU rule, BN scale, transposed filters fused) equals autograd."""
+    """The closed-form first block (unpool, ReLU rule, BN scale, transposed filters fused) equals autograd.
+
+    Also in strips of one row of pooled positions (every strip boundary is crossed)
+    and with ``F.conv2d`` instead of oneDNN's prepacked conv + ReLU.
+    """
     from captum.attr import NeuronDeconvolution
 
     import cnnvis.attribution.deconvnet as deconv
 
-    if one_position_per_product:  # blocks of one pooled position: every block boundary is crossed
-        monkeypatch.setattr(deconv, "_CACHE_FLOATS", 1)
+    if one_row_per_strip:
+        monkeypatch.setattr(deconv, "_STRIP_FLOATS", 1)
+    if not onednn:
+        monkeypatch.setattr(deconv, "_onednn_ops", lambda: False)
+    assert deconv._onednn_ops() == onednn  # this machine's torch has the ops; CI's must too
     name, model, x, closed = _closed_form_cases()[case]
     layer = conv_layers(model)[1][1]
     calls = []

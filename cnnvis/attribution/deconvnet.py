@@ -14,7 +14,8 @@ backward). Only the ReLU rule is overridden; autograd does the rest.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -54,22 +55,26 @@ def project_feature_maps(model: nn.Module, layer: nn.Module, images: torch.Tenso
     (conv → [BN] → ReLU → non-overlapping max-pool on the image, as in paper 1's
     network) the whole projection is computed in closed form by
     ``_through_image_block`` (a grouped convolution and one matrix product per
-    pooled position, no autograd);
-    otherwise the rest of the network is traversed by one vmapped backward
-    (``is_grads_batched``). Any other layer replicates the batch once per map.
+    pooled position, no autograd, and the forward pass without a graph); its
+    result is a view with the maps innermost in memory (``.contiguous()`` if the
+    usual layout is needed). Otherwise the rest of the network is traversed by
+    one vmapped backward (``is_grads_batched``). Any other layer replicates the
+    batch once per map.
     """
     if mode not in MODES:
         raise ValueError(f"mode = {mode!r}: unknown; allowed: {', '.join(MODES)}")
     x = as_input(images)
     n = x.shape[0]
     block = _image_block(model, layer)
-    with model_state_guard(model, eval_mode=True, frozen=True), relu_rule(model, "deconvnet"), \
-            contextlib.ExitStack() as stack, torch.enable_grad():
+    with model_state_guard(model, eval_mode=True, frozen=True), contextlib.ExitStack() as stack:
         if block is not None:  # record the block's input (must be the image) and its pool's input (the switches)
             block_in = stack.enter_context(capture(block.conv))
             pool_in = stack.enter_context(capture(block.pool))
         box = stack.enter_context(capture(layer, stop=True))
-        acts = run_until(model, x, box)  # [N, K_layer, h, w], one forward for all maps
+        if block is None:
+            stack.enter_context(relu_rule(model, "deconvnet"))
+        with torch.set_grad_enabled(block is None):  # the closed form needs no autograd graph
+            acts = run_until(model, x, box)  # [N, K_layer, h, w], one forward for all maps
         if acts.ndim != 4:
             raise ValueError(f"layer output must be N×K×h×w feature maps, got shape {tuple(acts.shape)}")
         chans = torch.arange(acts.shape[1]) if channels is None else torch.as_tensor(list(channels), dtype=torch.long)
@@ -77,30 +82,35 @@ def project_feature_maps(model: nn.Module, layer: nn.Module, images: torch.Tenso
             raise ValueError("channels: expected a non-empty sequence of feature-map indices")
         if int(chans.max()) >= acts.shape[1] or int(chans.min()) < 0:
             raise ValueError(f"channels: indices must lie in [0, {acts.shape[1]}) for this layer")
-        signal = _signals(acts.detach(), chans.to(acts.device), mode, rectify)  # [N, K, h, w]
+        signal = _signals(acts.detach(), None if channels is None else chans.to(acts.device), mode, rectify)
         per_pass = len(chans) if max_batch is None else max(1, max_batch // max(n, 1))
-        fast = plain_conv(layer) and box.input is not None
+        passes = range(0, len(chans), per_pass)
         switches = None
         if block is not None and block_in.input is x:
             switches = _switches(block, pool_in.input, box.input)
+        if switches is not None:
+            parts = [_through_image_block(block, layer, switches, x.shape, chans[i : i + per_pass],
+                                          signal[:, i : i + per_pass]) for i in passes]
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        stack.enter_context(torch.enable_grad())
+        if block is not None:  # the closed form does not apply after all: the forward again, with a graph
+            stack.enter_context(relu_rule(model, "deconvnet"))
+            run_until(model, x, box)
+        fast = plain_conv(layer) and box.input is not None
         parts = []
-        for i in range(0, len(chans), per_pass):
-            last = i + per_pass >= len(chans)
-            if switches is not None:
-                parts.append(_through_image_block(block, layer, switches, x.shape, chans[i : i + per_pass],
-                                                  signal[:, i : i + per_pass]))
-            elif fast:
+        for i in passes:
+            if fast:
                 parts.append(_through_conv(layer, box.input, x, chans[i : i + per_pass],
-                                           signal[:, i : i + per_pass], retain=not last))
+                                           signal[:, i : i + per_pass], retain=i + per_pass < len(chans)))
             else:
                 parts.append(_replicated(model, box, x.detach(), chans[i : i + per_pass],
                                          signal[:, i : i + per_pass]))
-    return torch.cat(parts, dim=1)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
-def _signals(acts: torch.Tensor, chans: torch.Tensor, mode: str, rectify: bool) -> torch.Tensor:
-    """Each selected map's own signal, [N, K, h, w]."""
-    own = acts[:, chans]
+def _signals(acts: torch.Tensor, chans: torch.Tensor | None, mode: str, rectify: bool) -> torch.Tensor:
+    """Each selected map's own signal (``chans`` None: every map, in order), [N, K, h, w]."""
+    own = acts if chans is None else acts[:, chans]
     if rectify:
         own = own.clamp(min=0)
     if mode == "max":  # keep only the strongest activation (the first one on ties, like torch.max)
@@ -208,17 +218,22 @@ def _through_image_block(block: _ImageBlock, layer: nn.Conv2d, offsets: torch.Te
 
     1. Transposed conv of map k's signal with filter k alone: one grouped
        convolution (a group per map) with the flipped filters, channels-last,
-       so the C × K block of every position is contiguous.
-    2. ReLU rule on the result (it commutes with unpooling: unpooled zeros stay 0).
-    3. Unpooling through the switches, BN's eval scale and the block conv's
+       so the C × K block of every position is contiguous; the ReLU rule is
+       applied to its result (it commutes with unpooling: unpooled zeros stay 0).
+    2. Unpooling through the switches, BN's eval scale and the block conv's
        transposed filters fused: a value pooled from window offset d lands at
        d + (the filter's footprint), so for each pooled position the map from
        the C channels to the (offset-shifted) filter footprints is one C × F
        matrix, gathered by the switches and shared by all maps: one batched
        matrix product gives every map's footprints, which ``index_add_`` sums
-       into the image at stride = pool size.
+       straight into the result at stride = pool size (entries that fall in
+       the padding go to one discarded row).
     No tensor of the unpooled size N·K·C·H·W is ever formed; images go one at a
-    time and positions in blocks, so the working set stays in cache. [N, K, C_x, H, W].
+    time and positions in strips of rows (step 1 to the sum for one strip), so the
+    working set stays near the L2 cache and memory stays bounded for large images.
+
+    Returns [N, K, C_x, H, W], a view whose memory has the maps innermost
+    (it is summed in that layout; a copy to the usual layout would cost ~5 %).
     """
     n, k = signal.shape[:2]
     c, (kh, kw), (ph, pw) = layer.in_channels, _pair(layer.kernel_size), _pair(layer.padding)
@@ -228,28 +243,53 @@ def _through_image_block(block: _ImageBlock, layer: nn.Conv2d, offsets: torch.Te
     sh, sw, _, cx, vh, vw = placed.shape
     per_offset = placed.view(sh * sw * c, cx * vh * vw)  # row d·C + c: channel c's footprint for window offset d
     rows = (offsets * c + torch.arange(c, device=offsets.device)[:, None, None]).permute(0, 2, 3, 1).reshape(n, -1)
-    hp, wp = (hin + vh // sh) * sh, (win + vw // sw) * sw  # room for every footprint; image row y is row y + pad
-    pix = _footprint_pixels(hin, win, cx, vh, vw, sh, sw, hp, wp, offsets.device)
-    f = cx * vh * vw  # footprint entries per position
-    step = max(1, _CACHE_FLOATS // (f * k))
-    signal = signal.contiguous(memory_format=torch.channels_last)
-    p1h, p1w = _pair(block.conv.padding)
     hx, wx = image_shape[2:]
-    out = signal.new_empty(n, k, cx, hx, wx)
-    acc = signal.new_empty(cx * hp * wp, k)
+    pix = _footprint_pixels((hin, win), (cx, vh, vw), (sh, sw), _pair(block.conv.padding), (hx, wx), offsets.device)
+    f = cx * vh * vw  # footprint entries per position
+    strips = -(-hin // max(1, _STRIP_FLOATS // (win * k * c)))
+    height = -(-hin // strips)  # rows of positions per strip, balanced
+    qh, qw = kh - 1 - ph, kw - 1 - pw  # step 1's padding
+    padded = F.pad(signal, (0, 0, qh, qh)).contiguous(memory_format=torch.channels_last)  # rows padded once
+    convs: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}  # per strip height
+    out = signal.new_zeros(n, cx * hx * wx + 1, k)  # row cx·hx·wx: footprint entries outside the image
     for i in range(n):
-        g = F.conv2d(signal[i : i + 1], flipped, None, 1, (kh - 1 - ph, kw - 1 - pw), 1, k).clamp_(min=0)
-        g = g.permute(0, 2, 3, 1).reshape(hin * win, k, c).transpose(1, 2)  # [position, C, K], no copy
-        footprint_maps = per_offset.index_select(0, rows[i]).view(hin * win, c, -1).transpose(1, 2)  # [position, F, C]
-        acc.zero_()
-        for p0 in range(0, hin * win, step):  # a block of positions at a time: the products stay in cache
-            p1 = min(p0 + step, hin * win)
-            acc.index_add_(0, pix[p0 * f : p1 * f], torch.bmm(footprint_maps[p0:p1], g[p0:p1]).view(-1, k))
-        out[i] = acc.view(cx, hp, wp, k)[:, p1h : p1h + hx, p1w : p1w + wx].permute(3, 0, 1, 2)
-    return out
+        for y0 in range(0, hin, height):
+            y1 = min(y0 + height, hin)
+            part = padded[i : i + 1, :, y0 : y1 + kh - 1]
+            if y1 - y0 not in convs:
+                convs[y1 - y0] = _relu_grouped_conv(flipped, (0, qw), k, part)
+            p0, p1 = y0 * win, y1 * win
+            g = convs[y1 - y0](part).permute(0, 2, 3, 1).reshape(p1 - p0, k, c).transpose(1, 2)  # [position, C, K]
+            footprint_maps = per_offset.index_select(0, rows[i, p0 * c : p1 * c]).view(p1 - p0, c, f).transpose(1, 2)
+            out[i].index_add_(0, pix[p0 * f : p1 * f], torch.bmm(footprint_maps, g).view(-1, k))  # [F, C]·[C, K]
+    return out[:, :-1].view(n, cx, hx, wx, k).permute(0, 4, 1, 2, 3)
 
 
-_CACHE_FLOATS = 1 << 17  # footprints per product (~0.5 MB of float32): 56 positions of paper 1's conv2 here
+_STRIP_FLOATS = 1 << 18  # step-1 outputs per strip of positions (1 MB of float32, the L2 cache of this machine's cores)
+
+
+def _onednn_ops() -> bool:
+    """Whether oneDNN's prepacked convolution ops (the ones TorchInductor emits on CPU) are usable."""
+    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
+            and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
+
+
+def _relu_grouped_conv(weight: torch.Tensor, padding: tuple[int, int], groups: int,
+                       example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """image [1, G, h, w] → relu(grouped stride-1 conv with ``weight``), channels-last like the image.
+
+    On the CPU in float32 the filters are reordered into oneDNN's blocked layout
+    once and the ReLU is fused into the convolution; ``F.conv2d`` reorders the
+    filters on every call (about 40 % of its time for paper 1's conv2 here).
+    Elsewhere ``F.conv2d`` and then ReLU, the same numbers (tested).
+    """
+    pad = list(padding)
+    if example.device.type == "cpu" and example.dtype == torch.float32 and _onednn_ops():
+        packed = torch.ops.mkldnn._reorder_convolution_weight(weight, pad, [1, 1], [1, 1], groups, list(example.shape))
+        return lambda image: torch.ops.mkldnn._convolution_pointwise(image, packed, None, pad, [1, 1], [1, 1], groups,
+                                                                     "relu", [], "")
+    return lambda image: F.conv2d(image, weight, None, 1, pad, 1, groups).clamp_(min=0)
 
 
 def _placed_filters(block: _ImageBlock, c: int) -> torch.Tensor:
@@ -272,15 +312,24 @@ def _placed_filters(block: _ImageBlock, c: int) -> torch.Tensor:
     return placed
 
 
-def _footprint_pixels(hin: int, win: int, cx: int, vh: int, vw: int, sh: int, sw: int, hp: int, wp: int,
-                      device: torch.device) -> torch.Tensor:
-    """Flat index into the [C_x, hp, wp] canvas of footprint entry (position y, x; channel; row r; column s)."""
+@functools.lru_cache(maxsize=16)
+def _footprint_pixels(positions: tuple[int, int], footprint: tuple[int, int, int], stride: tuple[int, int],
+                      padding: tuple[int, int], image: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """Flat index into the [C_x, H, W] image of footprint entry (position y, x; channel; row r; column s).
+
+    The footprint of pooled position (y, x) starts at (stride·y, stride·x) of the
+    block conv's padded input; entries that fall in that padding get the index
+    C_x·H·W (one row past the image, discarded).
+    """
+    (hin, win), (cx, vh, vw), (sh, sw), (ph, pw), (hx, wx) = positions, footprint, stride, padding, image
     y = torch.arange(hin, device=device).view(-1, 1, 1, 1, 1)
     x = torch.arange(win, device=device).view(1, -1, 1, 1, 1)
     ch = torch.arange(cx, device=device).view(1, 1, -1, 1, 1)
     r = torch.arange(vh, device=device).view(1, 1, 1, -1, 1)
     s = torch.arange(vw, device=device).view(1, 1, 1, 1, -1)
-    return ((ch * hp + sh * y + r) * wp + sw * x + s).reshape(-1)
+    row, col = sh * y + r - ph, sw * x + s - pw
+    inside = (row >= 0) & (row < hx) & (col >= 0) & (col < wx)
+    return torch.where(inside, (ch * hx + row) * wx + col, cx * hx * wx).reshape(-1)
 
 
 def _replicated(model: nn.Module, box, x: torch.Tensor, chans: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:

@@ -192,7 +192,7 @@ def _image_block(model: nn.Module, layer: nn.Module) -> _ImageBlock | None:
 
 
 def _switches(block: _ImageBlock, pool_in: torch.Tensor | None, pooled_seen: torch.Tensor | None) -> torch.Tensor | None:
-    """Where each pooled maximum sits in its pooling window (row-major offset), [N, C, h, w]; None if unusable.
+    """Where each pooled maximum sits in its pooling window (row-major offset), int32 [N, C, h, w]; None if unusable.
 
     The max-pool is recomputed with indices on the very tensor the forward pass
     pooled; its output must equal what the projected layer received.
@@ -207,9 +207,9 @@ def _switches(block: _ImageBlock, pool_in: torch.Tensor | None, pooled_seen: tor
     h, w = pooled.shape[2:]
     width = pool_in.shape[-1]
     corner = (torch.arange(h, device=idx.device)[:, None] * (sh * width) + torch.arange(w, device=idx.device) * sw)
-    within = idx - corner  # dy·width + dx
+    within = idx.int() - corner.int()  # dy·width + dx; int32 arithmetic is about twice as fast here
     dy = within.div(width, rounding_mode="floor")
-    return dy * sw + within - dy * width
+    return within - dy * (width - sw)
 
 
 def _through_image_block(block: _ImageBlock, layer: nn.Conv2d, offsets: torch.Tensor, image_shape: torch.Size,
@@ -242,7 +242,8 @@ def _through_image_block(block: _ImageBlock, layer: nn.Conv2d, offsets: torch.Te
     placed = _placed_filters(block, c)  # [sh, sw, C, C_x, qh·sh, qw·sw]
     sh, sw, _, cx, vh, vw = placed.shape
     per_offset = placed.view(sh * sw * c, cx * vh * vw)  # row d·C + c: channel c's footprint for window offset d
-    rows = (offsets * c + torch.arange(c, device=offsets.device)[:, None, None]).permute(0, 2, 3, 1).reshape(n, -1)
+    channel = torch.arange(c, device=offsets.device, dtype=offsets.dtype)[:, None, None]
+    rows = (offsets * c + channel).permute(0, 2, 3, 1).reshape(n, -1)  # per image: the per_offset row of (position, c)
     hx, wx = image_shape[2:]
     pix = _footprint_pixels((hin, win), (cx, vh, vw), (sh, sw), _pair(block.conv.padding), (hx, wx), offsets.device)
     f = cx * vh * vw  # footprint entries per position

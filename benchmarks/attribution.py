@@ -8,7 +8,9 @@
    (GradCAM batched, then its GuidedBackpropReLUModel one image at a time).
 2. Deconvnet projection of every kernel of a layer for the probe images: ours
    (``project_feature_maps``, all maps at once) vs a loop of one backward per kernel (one shared
-   forward, ``retain_graph``) and vs Captum's NeuronDeconvolution per kernel.
+   forward, ``retain_graph``) and vs Captum's NeuronDeconvolution per kernel. Where the layer
+   is projected through the first block in closed form (conv2), also vs the same code with
+   oneDNN's prepacked, ReLU-fused convolution replaced by its ``F.conv2d`` fallback.
 
 The contenders of each comparison run interleaved, ``--repeats`` rounds of one
 call each (after a warm-up round); a ratio is the median over rounds of the
@@ -27,11 +29,12 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
 
-from cnnvis.attribution import BATCH, GuidedGradCAM, project_feature_maps
+from cnnvis.attribution import BATCH, GuidedGradCAM, deconvnet, project_feature_maps
 from cnnvis.hooks import model_state_guard, relu_rule
 from cnnvis.models import conv_layers
 
@@ -132,11 +135,18 @@ def projection(model: torch.nn.Module, x: torch.Tensor, layer_name: str, repeats
     def captum_loop() -> torch.Tensor:
         return torch.stack([nd.attribute(x, lambda o, c=c: 0.5 * o[:, c].pow(2).flatten(1).sum(1)) for c in range(k)], 1)
 
+    def conv2d_fallback() -> torch.Tensor:  # the closed form without oneDNN's prepacked, ReLU-fused conv
+        with mock.patch.object(deconvnet, "_onednn_ops", lambda: False):
+            return project_feature_maps(model, layer, x)
+
     ours = project_feature_maps(model, layer, x)
     scale = ours.abs().max()
     assert ((ours - loop()).abs().max() <= 1e-5 * scale) and ((ours - captum_loop()).abs().max() <= 1e-5 * scale)
-    return rounds({"ours": lambda: project_feature_maps(model, layer, x), "loop": loop,
-                   "captum_loop": captum_loop}, repeats)
+    fns = {"ours": lambda: project_feature_maps(model, layer, x), "loop": loop, "captum_loop": captum_loop}
+    if deconvnet._image_block(model, layer) is not None and deconvnet._onednn_ops():
+        assert (ours - conv2d_fallback()).abs().max() <= 1e-5 * scale
+        fns["conv2d_fallback"] = conv2d_fallback
+    return rounds(fns, repeats)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -169,6 +179,9 @@ def main(argv: list[str] | None = None) -> None:
               f"Captum NeuronDeconvolution per kernel {med['captum_loop']:.4f} s")
         print(f"  speed-up vs backward loop: {describe(t, 'loop', 10.0)}; "
               f"vs Captum loop: {paired(t, 'captum_loop')[0]:.1f}x")
+        if "conv2d_fallback" in t:
+            print("  closed form with oneDNN's prepacked conv + fused ReLU vs with F.conv2d + clamp: "
+                  "{:.2f}x (range {:.2f}-{:.2f})".format(*paired(t, "conv2d_fallback")))
 
 
 if __name__ == "__main__":

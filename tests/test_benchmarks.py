@@ -12,6 +12,7 @@ def test_attribution_benchmark_runs_and_checks_agreement(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "random p1_cnn" in out
     assert out.count("speed-up vs backward loop") == 2 and "speed-up vs pytorch-grad-cam" in out
+    assert out.count("vs with F.conv2d + clamp") == 1  # conv2 only: conv1 has no first block to go through
 
 
 def test_paired_ratio_is_the_median_of_per_round_ratios():

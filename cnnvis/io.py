@@ -13,15 +13,17 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from cnnvis import CheckpointError
-from cnnvis.config import ModelConfig, parse, to_dict
+from cnnvis.config import ModelConfig, to_dict
 
 CHECKPOINT_FORMAT = "cnnvis-checkpoint/1"
 
@@ -99,6 +101,54 @@ def save_figure(path: str | os.PathLike, fig: Any, **kwargs: Any) -> None:
     plt.close(fig)
 
 
+@dataclass(frozen=True)
+class Saved:
+    """A figure with its ``savefig`` options (``dpi``), or ``write(path)`` for a file that is not a figure."""
+
+    figure: Any = None
+    options: dict = field(default_factory=dict)
+    write: Callable[[Path], None] | None = None
+
+
+def save_figures(directory: str | os.PathLike, figures: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> None:
+    """Every ``(file name, Figure | Saved)`` into ``directory``, each saved and closed as soon as it comes (a
+    generator keeps one figure in memory at a time); a name without a suffix is saved as .png."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, item in figures.items() if isinstance(figures, Mapping) else figures:
+        path = directory / (name if Path(name).suffix else f"{name}.png")
+        item = item if isinstance(item, Saved) else Saved(item)
+        if item.write is not None:
+            with atomic_path(path) as tmp:
+                item.write(tmp)
+        else:
+            save_figure(path, item.figure, **item.options)
+
+
+def save_npz(path: str | os.PathLike, arrays: Mapping[str, Any], *, compressed: bool = False) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        (np.savez_compressed if compressed else np.savez)(fh, **arrays)
+
+
+def load_npz_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an .npz (no pickles); a truncated or corrupted file raises (zipfile.BadZipFile, ...)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What ``save_checkpoint`` writes: a model with the config and dataset spec that rebuild it."""
+
+    model: nn.Module
+    model_cfg: ModelConfig
+    spec: dict
+    extra: dict = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike) -> None:
+        save_checkpoint(path, self.model, self.model_cfg, self.spec, **self.extra)
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_cfg: ModelConfig, spec: dict, **extra: Any) -> None:
     """Write a checkpoint that rebuilds ``model`` alone.
 
@@ -113,8 +163,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_cfg: ModelC
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # through a file object: torch names the archive's records after a path's stem, which would put the
+    # random temporary name into the bytes; a file object gets a fixed name, so equal weights give equal files
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(state, fh)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -129,19 +181,3 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a cnnvis checkpoint (expected format {CHECKPOINT_FORMAT})")
     return state
-
-
-def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """Rebuild the model from the file alone; returns (model in eval mode, checkpoint dict)."""
-    from cnnvis.models import build_model
-
-    state = read_checkpoint(path)
-    cfg = parse(ModelConfig, {**state["model"], "pretrained": False}, "checkpoint.model")
-    spec = state["spec"]
-    model = build_model(cfg, in_channels=spec["in_channels"], num_classes=spec["num_classes"], image_size=spec["image_size"])
-    try:
-        model.load_state_dict(state["state_dict"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit its own config ({str(e).splitlines()[0]})") from None
-    model.eval()
-    return model, state

@@ -7,6 +7,7 @@ hook-based attribution rules (deconvnet, guided backprop) see every ReLU.
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -14,7 +15,8 @@ import torch
 from torch import nn
 
 from cnnvis import CheckpointError, ConfigError
-from cnnvis.config import ModelConfig
+from cnnvis.config import ModelConfig, parse
+from cnnvis.io import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 class P1CNN(nn.Module):
-    """Paper 1's network: [conv → (BN) → ReLU → 2×2 max-pool] per width, then FC.
+    """Paper 1's network: [conv → (BN) → ReLU → 2×2 max-pool] per width, then FC
+    (``head="gap"``: global average pooling of the last block's output, then one linear layer).
 
     Input N×C×S×S → logits N×num_classes. Conv layers are ``features.conv{i}``.
     """
@@ -42,6 +45,10 @@ class P1CNN(nn.Module):
                 size //= 2
             channels = width
         self.features = nn.Sequential(layers)
+        if cfg.head == "gap":  # CAM's head (Zhou et al. 2016): ∂y^c/∂features = w_ck / (h·w) at every position
+            self.classifier = nn.Sequential(OrderedDict(gap=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
+                                                        fc=nn.Linear(channels, num_classes)))
+            return
         head: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
         flat = channels * size * size
         if cfg.hidden > 0:
@@ -181,20 +188,27 @@ def register(name: str) -> Callable[[Builder], Builder]:
 
 
 def build_model(cfg: ModelConfig, *, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    if cfg.name not in MODELS:
-        _import_optional_models()
+    """The architecture ``cfg.name`` from the registry (``cnnvis.encdec`` adds "encdec" when imported)."""
     try:
         builder = MODELS[cfg.name]
     except KeyError:
-        raise ConfigError(f"model.name = {cfg.name!r}: unknown; allowed: {', '.join(sorted(MODELS))}") from None
+        hint = "; import cnnvis.encdec first" if cfg.name == "encdec" else ""
+        raise ConfigError(f"model.name = {cfg.name!r}: unknown; allowed: {', '.join(sorted(MODELS))}{hint}") from None
     return builder(cfg, in_channels, num_classes, image_size)
 
 
-def _import_optional_models() -> None:
-    try:  # the encoder-decoder lives in its own module and registers on import
-        import cnnvis.encdec  # noqa: F401
-    except ImportError:
-        pass
+def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """Rebuild the model from the file alone; returns (model in eval mode, checkpoint dict)."""
+    state = read_checkpoint(path)
+    cfg = parse(ModelConfig, {**state["model"], "pretrained": False}, "checkpoint.model")
+    spec = state["spec"]
+    model = build_model(cfg, in_channels=spec["in_channels"], num_classes=spec["num_classes"], image_size=spec["image_size"])
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit its own config ({str(e).splitlines()[0]})") from None
+    model.eval()
+    return model, state
 
 
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:

@@ -67,8 +67,7 @@ def describe(times: dict[str, list[float]], peer: str, target: float) -> str:
 def load(model_path: Path | None, data_dir: Path, n: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, str]:
     from cnnvis import data as D
     from cnnvis.config import ModelConfig
-    from cnnvis.io import load_checkpoint
-    from cnnvis.models import build_model
+    from cnnvis.models import build_model, load_checkpoint
 
     if model_path is not None and model_path.exists():
         model, state = load_checkpoint(model_path)

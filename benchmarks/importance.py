@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     from cnnvis import data as D
     from cnnvis.config import ModelConfig
     from cnnvis.importance import FilterImportance, compute_importance
-    from cnnvis.io import load_checkpoint
-    from cnnvis.models import build_model
+    from cnnvis.models import build_model, load_checkpoint
 
     if args.checkpoint.exists():
         model, state = load_checkpoint(args.checkpoint)

@@ -30,7 +30,8 @@ from cnnvis import DataError, models, training
 from cnnvis import adjust as A
 from cnnvis import data as D
 from cnnvis.config import HardwareConfig, ModelConfig, TrainConfig, parse, to_dict
-from cnnvis.io import load_checkpoint, load_json, save_json, save_text
+from cnnvis.io import load_json, save_json, save_text
+from cnnvis.models import load_checkpoint
 from cnnvis.similarity import SimilarityConfig, redundancy_from_dict
 from stages._common import Params, add_common_args, stage_main
 

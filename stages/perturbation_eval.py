@@ -23,7 +23,8 @@ import torch
 from cnnvis import CheckpointError
 from cnnvis import data as D
 from cnnvis import perturb as P
-from cnnvis.io import atomic_path, load_checkpoint, save_figure, save_json, save_text
+from cnnvis.io import atomic_path, save_figure, save_json, save_text
+from cnnvis.models import load_checkpoint
 from cnnvis.training import predict_logits
 from stages._common import Params, add_common_args, stage_main
 

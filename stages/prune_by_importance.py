@@ -33,7 +33,8 @@ from cnnvis import data as D
 from cnnvis import importance as I
 from cnnvis import pruning as P
 from cnnvis.config import ModelConfig, parse, to_dict
-from cnnvis.io import load_checkpoint, save_checkpoint, save_figure, save_json, save_text
+from cnnvis.io import save_checkpoint, save_figure, save_json, save_text
+from cnnvis.models import load_checkpoint
 from stages._common import Params, add_common_args, progress_factory, stage_main
 
 PARAMS = ("prune",)

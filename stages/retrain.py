@@ -36,7 +36,8 @@ from cnnvis import ConfigError, models
 from cnnvis import adjust as A
 from cnnvis import data as D
 from cnnvis.config import ModelConfig, TrainConfig, parse, to_dict
-from cnnvis.io import load_checkpoint, load_json, save_json
+from cnnvis.io import load_json, save_json
+from cnnvis.models import load_checkpoint
 from cnnvis.similarity import SimilarityConfig
 from stages._common import Params, add_common_args, stage_main
 

@@ -36,8 +36,8 @@ from cnnvis import data as D
 from cnnvis.attribution import faithfulness as F
 from cnnvis.attribution import sanity
 from cnnvis.config import to_dict
-from cnnvis.io import atomic_path, load_checkpoint, save_figure, save_json
-from cnnvis.models import conv_layers
+from cnnvis.io import atomic_path, save_figure, save_json
+from cnnvis.models import conv_layers, load_checkpoint
 from stages._common import Params, add_common_args, stage_main
 
 try:  # feature synthesis and activation volumes (papers 2-3), written by its own module

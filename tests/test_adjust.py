@@ -191,8 +191,7 @@ def test_similarity_adjust_retrain_table_on_synthetic(tmp_path):
     from cnnvis import data as D
     from cnnvis.attribution.deconvnet import project_feature_maps
     from cnnvis.config import HardwareConfig, TrainConfig, to_dict
-    from cnnvis.io import load_checkpoint
-    from cnnvis.models import conv_layers
+    from cnnvis.models import conv_layers, load_checkpoint
     from stages import adjust_architecture, retrain, similarity, table1
     from stages.train_baseline import fit
 

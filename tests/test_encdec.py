@@ -10,8 +10,8 @@ from torch import nn
 from cnnvis import ConfigError
 from cnnvis import encdec as E
 from cnnvis.config import ModelConfig, parse
-from cnnvis.io import load_checkpoint, save_checkpoint
-from cnnvis.models import build_model
+from cnnvis.io import save_checkpoint
+from cnnvis.models import build_model, load_checkpoint
 
 torch.set_num_threads(1)
 
@@ -152,7 +152,8 @@ def test_map_study_separates_correct_and_wrong():
 
 
 def test_stage_end_to_end_tiny(tmp_path):
-    from cnnvis.io import load_checkpoint, load_json
+    from cnnvis.io import load_json
+    from cnnvis.models import load_checkpoint
     from stages import train_encdec as stage
 
     rng = np.random.default_rng(0)

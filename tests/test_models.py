@@ -8,8 +8,8 @@ from torch import nn
 
 from cnnvis import CheckpointError, ConfigError
 from cnnvis.config import ModelConfig
-from cnnvis.io import load_checkpoint, read_checkpoint, save_checkpoint
-from cnnvis.models import ResNet18, build_model, conv_layers, count_parameters
+from cnnvis.io import read_checkpoint, save_checkpoint
+from cnnvis.models import ResNet18, build_model, conv_layers, count_parameters, load_checkpoint
 
 
 def relu_calls(model: nn.Module, x: torch.Tensor) -> dict[str, int]:

@@ -127,7 +127,8 @@ def test_stage_end_to_end(tmp_path):
     pruned.pt physically smaller, loadable alone and as accurate as the masked model."""
     from cnnvis import data as D
     from cnnvis.config import TrainConfig
-    from cnnvis.io import load_checkpoint, save_checkpoint
+    from cnnvis.io import save_checkpoint
+    from cnnvis.models import load_checkpoint
     from cnnvis.training import train
     from stages import prune_by_importance as S
 

@@ -123,7 +123,7 @@ def test_train_stage_resumes_a_killed_run_to_the_same_result(tmp_path, monkeypat
 
     from cnnvis import training
     from cnnvis.config import HardwareConfig, ModelConfig, TrainConfig, parse
-    from cnnvis.io import load_checkpoint
+    from cnnvis.models import load_checkpoint
     from stages.train_baseline import fit
 
     tr, te, classes = D.make_synthetic(12, 200, 60)

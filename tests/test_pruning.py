@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ def p1(batchnorm: bool = False) -> nn.Module:
     return m.eval()
 
 
+REFERENCE = Path(__file__).resolve().parent.parent / "reports" / "paper_reference.yaml"
 X = torch.randn(40, 1, 12, 12, generator=torch.Generator().manual_seed(1))
 REMOVED = {"features.conv1": torch.tensor([0, 2]), "features.conv2": torch.tensor([1, 3, 5])}
 
@@ -111,6 +113,16 @@ def test_evaluate_per_class_table_and_sweep(monkeypatch):
     assert sweep[1]["removed"] == 5 and sweep[1]["removed_fraction"] == pytest.approx(0.5)
 
 
+def test_paper_rows_come_from_the_reference_file():
+    from cnnvis import DataError
+    from cnnvis.studies.prune import PaperRow, paper_rows
+
+    rows = paper_rows(yaml.safe_load(REFERENCE.read_text()))
+    assert rows == (PaperRow("Persian cat", 10.5, 10.5, 14.0), PaperRow("Pembroke", 9.39, 8.83, 15.46))
+    with pytest.raises(DataError, match="p3_pruning"):
+        paper_rows({"tables": [{"id": "p1_table1", "paper_rows": []}]})
+
+
 def test_cpu_latency_reports_spread():
     model = p1().train()
     lat = P.cpu_latency_ms({"a": model, "b": P.remove_filters(model, REMOVED, X[:1])}, X[:1], repeats=3, warmup=1)
@@ -146,9 +158,13 @@ def test_stage_end_to_end(tmp_path):
                         "sweep_images": 60, "random_repeats": 2, "latency_repeats": 3, "prune_fraction": 0.25},
               "hardware": {"threads": 1, "progress": "none"}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    reference = yaml.safe_load(REFERENCE.read_text())  # paper numbers come from this file, not from the code
+    p3 = next(t for t in reference["tables"] if t["id"] == "p3_pruning")
+    p3["paper_rows"][0]["initial"] = 12.34
+    (tmp_path / "reference.yaml").write_text(yaml.safe_dump(reference))
     out = {k: tmp_path / v for k, v in (("out", "pruned.pt"), ("metrics", "prune.json"), ("table", "t/table.md"), ("figures", "fig"))}
     S.main(["--dataset", "synthetic", "--checkpoint", str(tmp_path / "model.pt"), "--data", str(tmp_path / "raw"),
-            "--params", str(tmp_path / "params.yaml")] + [a for k, v in out.items() for a in (f"--{k}", str(v))])
+            "--reference", str(tmp_path / "reference.yaml"), "--params", str(tmp_path / "params.yaml")] + [a for k, v in out.items() for a in (f"--{k}", str(v))])
     m = json.loads(out["metrics"].read_text())
     assert m["gradient_check"]["passed"] and m["gradient_check"]["max_rel_error"] < 1e-6
     assert m["images"] == 120 and len(m["per_class_table"]["rows"]) == 10
@@ -163,7 +179,8 @@ def test_stage_end_to_end(tmp_path):
     err = P.evaluate(small, x, torch.as_tensor(test_s.labels), 10)["error"]
     assert err == pytest.approx(pr["error_physical"])
     table = out["table"].read_text()
-    assert "Persian cat" in table and "Pembroke" in table and "bar0" in table
+    assert "| Persian cat (paper 3, CaffeNet) | — | 12.34 | 10.50 | 14.00 | — |" in table
+    assert "Pembroke" in table and "bar0" in table
     pngs = {p.name for p in out["figures"].glob("*.png")}
     assert {"sweep.png", "importance_histogram.png", "same_vs_different_class.png", "threshold_per_class.png",
             "importance_grid_features_conv1.png", "importance_grid_features_conv2.png",
@@ -176,7 +193,8 @@ def test_stage_bad_reference_class_is_one_line(tmp_path, capsys):
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"prune": {"fractions": [0.5]}, "hardware": {}}))
     with pytest.raises(SystemExit) as e:
-        S.main(["--dataset", "x", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(tmp_path), "--out", "o",
+        S.main(["--dataset", "x", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(tmp_path),
+                "--reference", str(REFERENCE), "--out", "o",
                 "--metrics", "m", "--table", "t", "--figures", "f", "--params", str(tmp_path / "params.yaml")])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()

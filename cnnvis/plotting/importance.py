@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -12,6 +13,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from cnnvis.io import Saved  # noqa: E402
+
+if TYPE_CHECKING:
+    from cnnvis.studies.prune import PruneStudy
 
 COLORS = {"importance": "tab:red", "l1_norm": "tab:blue", "random": "tab:gray"}
 LABELS = {"importance": "gradient importance (ours, paper 3)", "l1_norm": "L1 norm of weights", "random": "random filters"}
@@ -177,3 +183,23 @@ def gradient_volumes(grads: torch.Tensor, images: torch.Tensor, titles: Sequence
     fig.suptitle(f"Gradient of the '{ref_name}' score w.r.t. the {o} filters of {layer} ({rows}×{cols} grid of "
                  f"{kh}×{kw} kernels{', summed over input channels' if grads.shape[2] > 1 else ''})", fontsize=9)
     return fig
+
+
+def prune_figures(study: PruneStudy) -> Iterator[tuple[str, Saved]]:
+    """Every figure of stage ``prune-by-importance`` as (file stem, figure at 110 dpi), drawn one at a time."""
+    classes, n_sweep = list(study.classes), study.sweep_images
+    ref = study.roles[0]
+    relevance, other = study.relevance, study.other
+    yield "importance_histogram", Saved(importance_histogram(study.stats.own, classes), {"dpi": 110})
+    yield "same_vs_different_class", Saved(same_vs_different(relevance, other, study.stats.mean(correct=True),
+                                                             study.stats.mean(correct=False), classes), {"dpi": 110})
+    yield "sweep", Saved(sweep_plot(study.sweep_rows, classes, n_images=n_sweep), {"dpi": 110})
+    thr_rows = [r for r in study.sweep_rows if r["method"] == "importance"]
+    yield "threshold_per_class", Saved(threshold_per_class(thr_rows, classes, n_images=n_sweep), {"dpi": 110})
+    overall = study.overall
+    for layer in study.layers:
+        yield f"importance_grid_{layer.replace('.', '_')}", Saved(importance_grid(
+            overall[layer], relevance[layer][ref], other[layer][ref], layer, classes[ref]), {"dpi": 110})
+    if study.volumes is not None:
+        yield f"gradient_volumes_{study.table_layer.replace('.', '_')}", Saved(gradient_volumes(
+            study.volumes, study.probe_pixels, list(study.probes), study.table_layer, classes[ref]), {"dpi": 110})

@@ -1,0 +1,306 @@
+"""Study of stage `prune-by-importance`: filter importance, its check, paper 3's table, the sweep, the pruned model."""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cnnvis import ConfigError, DataError
+from cnnvis import data as D
+from cnnvis import importance as I
+from cnnvis import pruning as P
+from cnnvis.config import ModelConfig, parse, to_dict
+from cnnvis.io import Checkpoint
+
+log = logging.getLogger("cnnvis.prune")
+
+FD_LIMIT = 1e-6  # bound on the finite-difference relative error (float64)
+REFERENCE_TABLE = "p3_pruning"  # paper 3's per-class table in reports/paper_reference.yaml
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One row of paper 3's table (CaffeNet on ImageNet): error rates in %."""
+
+    label: str
+    initial: float
+    least: float
+    most: float
+
+
+def paper_rows(reference: Mapping) -> tuple[PaperRow, ...]:
+    """Paper 3's per-class rows from the parsed reports/paper_reference.yaml (table ``p3_pruning``)."""
+    table = next((t for t in reference.get("tables", []) if t.get("id") == REFERENCE_TABLE), None)
+    if table is None:
+        raise DataError(f"no table {REFERENCE_TABLE!r}; restore reports/paper_reference.yaml from git")
+    return tuple(PaperRow(str(r["label"]), float(r["initial"]), float(r["least"]), float(r["most"]))
+                 for r in table["paper_rows"])
+
+
+def subset(n: int, limit: int | None, seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded random subset of ``limit`` of ``n`` items (all when ``limit`` is None)."""
+    if limit is None or limit >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+
+
+def confusion(pred: torch.Tensor, labels: torch.Tensor, c: int) -> torch.Tensor:
+    """C×C counts, rows true class, columns predicted."""
+    m = torch.zeros(c, c, dtype=torch.long)
+    m.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+    return m
+
+
+def pick_classes(conf: torch.Tensor, reference: int | None) -> tuple[int, int, int]:
+    """(reference, similar, dissimilar): reference = the class with most errors unless given; similar =
+    the class it is most confused with (both directions), dissimilar = the least confused one."""
+    errors = conf.sum(1) - conf.diag()
+    ref = int(errors.argmax()) if reference is None else reference
+    mix = (conf[ref] + conf[:, ref]).float()
+    mix[ref] = -1
+    similar = int(mix.argmax())
+    mix[ref] = float("inf")
+    mix[similar] = float("inf")
+    return ref, similar, int(mix.argmin())
+
+
+def summarize_sweep(rows: Sequence[dict]) -> dict:
+    """Per method: error (mean ± std over repeats) at each fraction, and the mean over fractions."""
+    out: dict[str, dict] = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        by_f: dict[float, list[float]] = {}
+        for r in rows:
+            if r["method"] == method:
+                by_f.setdefault(r["fraction"], []).append(r["error"])
+        curve = [{"fraction": f, "error_mean": statistics.fmean(v), "error_std": statistics.pstdev(v), "n": len(v)}
+                 for f, v in sorted(by_f.items())]
+        out[method] = {"curve": curve, "mean_error_over_fractions": statistics.fmean(c["error_mean"] for c in curve)}
+    return out
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """The model pruned at ``prune.prune_fraction``: what is saved (physically smaller when it rebuilds from a
+    config, else masked) and how it compares with the unpruned model."""
+
+    model: nn.Module
+    model_cfg: ModelConfig
+    physical: bool
+    record: dict  # the metrics' "pruned" section
+
+
+@dataclass(frozen=True)
+class PruneStudy:
+    config: P.PruneConfig
+    model_cfg: ModelConfig
+    spec: dict
+    classes: tuple[str, ...]
+    layers: tuple[str, ...]
+    table_layer: str
+    indices: torch.Tensor  # [N] int64 analysed images, indices into the test split
+    stats: I.ImportanceStats
+    check: I.GradientCheck
+    roles: tuple[int, int, int]  # reference, similar, dissimilar class (§3.2.2)
+    probes: dict[str, int]  # figure title → position among the analysed images
+    volumes: torch.Tensor | None  # [P, O, I, kh, kw] ∂y_ref/∂W of the table layer for the probes
+    probe_pixels: torch.Tensor | None  # [P, C, H, W] the probes in [0, 1]
+    table_rows: list[dict]
+    sweep_rows: list[dict]
+    sweep_images: int
+    pruned: Pruned
+    seconds: dict[str, float]  # importance, importance_cpu, gradient_check, sweep
+    threads: int
+
+    @property
+    def overall(self) -> dict[str, torch.Tensor]:
+        return self.stats.overall()
+
+    @property
+    def relevance(self) -> dict[str, torch.Tensor]:
+        return self.stats.relevance()
+
+    @property
+    def other(self) -> dict[str, torch.Tensor]:
+        return self.stats.other_class()
+
+    def per_layer(self) -> dict[str, dict]:
+        overall, relevance, other = self.overall, self.relevance, self.other
+        right, wrong = self.stats.mean(correct=True), self.stats.mean(correct=False)
+        wrong_seen = self.stats.counts[0] > 0
+        return {n: {"filters": int(v.numel()), "mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
+                    "max": float(v.max()), "dead_filters": int((v == 0).sum()),
+                    "same_class_mean": float(relevance[n].mean()), "other_class_mean": float(other[n].mean()),
+                    "correct_inputs_mean": float(torch.diagonal(right[n], dim1=0, dim2=1).mean()),
+                    "wrong_inputs_mean": float(torch.diagonal(wrong[n], dim1=0, dim2=1)[:, wrong_seen].mean())
+                    if bool(wrong_seen.any()) else None}
+                for n, v in overall.items()}
+
+    def metrics(self, dataset: str, *, checkpoint: str, checkpoint_tag: str | None) -> dict:
+        cfg, check, s = self.config, self.check, self.seconds
+        ref, similar, dissimilar = self.roles
+        n = len(self.indices)
+        return {
+            "dataset": dataset, "checkpoint": checkpoint, "checkpoint_tag": checkpoint_tag, "config": to_dict(cfg),
+            "classes": list(self.classes), "layers": list(self.layers), "images": n,
+            "filters": sum(v.numel() for v in self.overall.values()),
+            "importance": {"seconds": round(s["importance"], 2), "cpu_seconds": round(s["importance_cpu"], 2),
+                           "images_per_s": round(n / s["importance"], 1), "threads": self.threads,
+                           "batch_size": cfg.batch_size, "per_layer": self.per_layer()},
+            "gradient_check": {"max_rel_error": check.max_rel_error, "limit": FD_LIMIT,
+                               "passed": check.max_rel_error < FD_LIMIT, "epsilon": check.epsilon, "dtype": "float64",
+                               "weights": check.weights, "directional": check.directional, "checked": check.checked,
+                               "seconds": round(s["gradient_check"], 2)},
+            "classes_3_2_2": {"reference": self.classes[ref], "similar": self.classes[similar],
+                              "dissimilar": self.classes[dissimilar],
+                              "probes": {k: int(self.indices[v]) for k, v in self.probes.items()}},
+            "per_class_table": {"layer": self.table_layer, "rows": self.table_rows},
+            "sweep": {"images": self.sweep_images, "seconds": round(s["sweep"], 2), "normalization": cfg.normalization,
+                      "summary": summarize_sweep(self.sweep_rows), "rows": self.sweep_rows},
+            "pruned": self.pruned.record,
+        }
+
+    def checkpoint(self, dataset: str, *, source: str) -> Checkpoint:
+        return Checkpoint(self.pruned.model, self.pruned.model_cfg, self.spec,
+                          {"dataset": dataset, "tag": "pruned", "source": source,
+                           "prune_fraction": self.config.prune_fraction,
+                           "test_error": self.pruned.record["error_physical"]})
+
+    def table(self, paper: Sequence[PaperRow]) -> str:
+        """Paper 3's per-class table as Markdown: the paper's rows, then one row per class of ours."""
+        from cnnvis.report import md_table
+
+        rows = self.table_rows
+        m = self.model_cfg
+        head = [
+            f"# Per-class error when one filter of `{self.table_layer}` is removed (paper 3 table)",
+            "",
+            f"Model: {m.name} {list(m.widths)}, {len(self.indices)} test images. Error rate (%) on the test images "
+            "of each class (paper 3 eq. (2)); a filter is",
+            "removed by zeroing its weights and bias. Least / most important = lowest / highest class-wise",
+            "relevance (mean ‖∂y_c/∂W_f‖ over the class's inputs) for that class. Paper rows quoted for reference.",
+            "",
+        ]
+        cells = [[f"{p.label} (paper 3, CaffeNet)", "—", f"{p.initial:.2f}", f"{p.least:.2f}", f"{p.most:.2f}", "—"]
+                 for p in paper]
+        cells += [[self.classes[r["class"]], r["n"], f"{r['error']:.2f}", f"{r['error_least_removed']:.2f}",
+                   f"{r['error_most_removed']:.2f}", f"{r['least_filter']}, {r['most_filter']}"] for r in rows]
+        table = md_table(["class", "n", "initial error (%)", "least important removed (%)",
+                          "most important removed (%)", "filters (least, most)"], cells)
+        worse_most = sum(r["error_most_removed"] > r["error"] for r in rows)
+        worse_least = sum(r["error_least_removed"] > r["error"] for r in rows)
+        tail = ["", f"Removing the most important filter raised the error in {worse_most} of {len(rows)} classes; "
+                    f"removing the least important one in {worse_least}.", ""]
+        return "\n".join([*head, table, *tail])
+
+
+def _pruned(model: nn.Module, model_cfg: ModelConfig, layers: tuple[str, ...], rankings: dict, x: torch.Tensor,
+            y: torch.Tensor, c: int, cfg: P.PruneConfig) -> Pruned:
+    """The lowest ``prune_fraction`` of the importance ranking removed: masked, then physically smaller."""
+    example = x[:1]
+    removed, threshold = P.lowest_filters(rankings["importance"], cfg.prune_fraction, min_keep=cfg.min_keep)
+    masked = P.zero_filters(model, removed, example)
+    small = P.remove_filters(model, removed, example)
+    full_eval = P.evaluate(model, x, y, c)
+    masked_eval, small_eval = P.evaluate(masked, x, y, c), P.evaluate(small, x, y, c)
+    with torch.no_grad():
+        logit_diff = max((masked(x[i : i + 1000]) - small(x[i : i + 1000])).abs().max().item()
+                         for i in range(0, len(x), 1000))
+    lat_x = x[: cfg.latency_batch] if len(x) >= cfg.latency_batch else x[:1].expand(cfg.latency_batch, *x.shape[1:])
+    before, after = P.complexity(model, example), P.complexity(small, example)
+    lat = P.cpu_latency_ms({"before": model, "after": small}, lat_x, repeats=cfg.latency_repeats)
+    small_cfg = None
+    if model_cfg.name == "p1_cnn" and layers == I.conv_layer_names(model):  # the smaller net is a P1CNN of new widths
+        widths = tuple(dict(small.named_modules())[n].out_channels for n in layers)
+        small_cfg = parse(ModelConfig, {**to_dict(model_cfg), "widths": list(widths)}, "pruned.model")
+    record = {
+        "fraction": cfg.prune_fraction, "threshold": threshold if math.isfinite(threshold) else None,
+        "removed_per_layer": {n: v.tolist() for n, v in removed.items()},
+        "error_unpruned": full_eval["error"], "error_masked": masked_eval["error"], "error_physical": small_eval["error"],
+        "predictions_equal": bool(torch.equal(masked_eval["predictions"], small_eval["predictions"])),
+        "max_logit_difference": logit_diff,
+        "params_before": before["params"], "params_after": after["params"],
+        "macs_before": before["macs"], "macs_after": after["macs"],
+        "latency_before": lat["before"], "latency_after": lat["after"], "latency_batch": cfg.latency_batch,
+        "speedup": lat["before"]["median_ms"] / lat["after"]["median_ms"],
+        "saved_as": "physical" if small_cfg is not None else "masked",
+    }
+    if small_cfg is not None:
+        return Pruned(small, small_cfg, True, record)
+    return Pruned(masked, model_cfg, False, record)
+
+
+def prune_study(model: nn.Module, model_cfg: ModelConfig, spec: Mapping, raw: D.RawDataset, cfg: P.PruneConfig, *,
+                progress: Callable[..., Iterable] = lambda it, **_: it) -> PruneStudy:
+    """Paper 3 §3.2 on ``model`` (built from ``model_cfg`` for the dataset ``spec``) over ``raw``'s test split."""
+    classes = tuple(spec["classes"])
+    c = len(classes)
+    test_u8, test_y = D.to_tensor(raw.test.images), torch.as_tensor(raw.test.labels)
+    idx = subset(len(test_y), cfg.max_images, cfg.seed)
+    x, y = D.normalize(test_u8[idx], tuple(spec["mean"]), tuple(spec["std"])), test_y[idx]
+    layers = I.conv_layer_names(model, cfg.layers or None)
+    table_layer = cfg.table_layer or layers[0]
+    if table_layer not in layers:
+        raise ConfigError(f"prune.table_layer = {table_layer!r}: not among the analysed layers ({', '.join(layers)})")
+    if cfg.reference_class is not None and cfg.reference_class >= c:
+        raise ConfigError(f"prune.reference_class = {cfg.reference_class}: the dataset has {c} classes")
+    example = x[:1]
+
+    # importance for every input, layer, filter and class (§3.2.1, §3.2.3)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    stats = I.compute_importance(model, x, y, layers=layers, batch_size=cfg.batch_size, progress=progress)
+    seconds = {"importance": time.perf_counter() - t0, "importance_cpu": time.process_time() - cpu0}
+    log.info("importance: %d images × %d classes × %d layers in %.1f s (%.1f s CPU, %d threads)", len(y), c,
+             len(layers), seconds["importance"], seconds["importance_cpu"], torch.get_num_threads())
+    overall = stats.overall()
+
+    # finite-difference validation (float64, central differences, weights restored)
+    t0 = time.perf_counter()
+    fd_idx = torch.arange(min(cfg.fd_images, len(y)))
+    check = I.check_gradients(model, x[fd_idx], y[fd_idx], layers=layers, weights_per_layer=cfg.fd_weights_per_layer,
+                              filters_per_layer=cfg.fd_filters_per_layer, epsilon=cfg.fd_epsilon, seed=cfg.seed)
+    seconds["gradient_check"] = time.perf_counter() - t0
+    log.info("finite differences: max relative error %.2e (limit %.0e)", check.max_rel_error, FD_LIMIT)
+
+    # §3.2.2: reference, similar and dissimilar class; a correct and a wrong input of each
+    ref, similar, dissimilar = pick_classes(confusion(stats.predictions, y, c), cfg.reference_class)
+    probes = {}
+    for role, k in (("reference", ref), ("similar", similar), ("dissimilar", dissimilar)):
+        for ok in (True, False):
+            hit = torch.nonzero((y == k) & ((stats.predictions == y) == ok)).flatten()
+            if len(hit):
+                wrong = "wrong → " + classes[int(stats.predictions[hit[0]])]
+                probes[f"{role} ({classes[k]}), {'correct' if ok else wrong}"] = int(hit[0])
+    probe_list = list(probes.values())
+    volumes = pixels = None
+    if probe_list:
+        fi = I.FilterImportance(model, [table_layer])
+        volumes = fi.gradients(x[probe_list], torch.full((len(probe_list),), ref))[table_layer]
+        pixels = test_u8[idx][probe_list].float() / 255.0
+
+    # paper 3's table, for every class
+    table_rows = P.per_class_table(model, x, y, stats.relevance()[table_layer], table_layer, example)
+
+    # threshold sweep, importance vs L1-norm vs random (Fig 7-8 and beyond)
+    s_idx = subset(len(y), cfg.sweep_images, cfg.seed + 1)
+    rankings = {"importance": P.normalize_scores(overall, cfg.normalization),
+                "l1_norm": P.normalize_scores(P.filter_l1_norms(model, layers), cfg.normalization)}
+    t0 = time.perf_counter()
+    sweep = P.sweep(model, x[s_idx], y[s_idx], c, rankings, cfg.fractions, example, random_repeats=cfg.random_repeats,
+                    seed=cfg.seed, min_keep=cfg.min_keep, progress=progress)
+    seconds["sweep"] = time.perf_counter() - t0
+
+    pruned = _pruned(model, model_cfg, layers, rankings, x, y, c, cfg)
+    pr = pruned.record
+    log.info("pruned %.0f %% of filters: error %.2f → %.2f %% (physical %.2f), params %d → %d, MACs %d → %d, "
+             "latency ×%.2f", 100 * cfg.prune_fraction, pr["error_unpruned"], pr["error_masked"], pr["error_physical"],
+             pr["params_before"], pr["params_after"], pr["macs_before"], pr["macs_after"], pr["speedup"])
+    return PruneStudy(cfg, model_cfg, dict(spec), classes, layers, table_layer, idx, stats, check,
+                      (ref, similar, dissimilar), probes, volumes, pixels, table_rows, sweep, len(s_idx), pruned,
+                      seconds, torch.get_num_threads())

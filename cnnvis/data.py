@@ -437,6 +437,12 @@ def save_npz(directory: Path, ds: RawDataset) -> None:
             np.savez(f, images=split.images, labels=split.labels, classes=np.asarray(ds.classes))
 
 
+def meta(ds: RawDataset) -> dict:
+    """meta.json of a stored dataset (normalization statistics come later, from the training split: ``prepare``)."""
+    return {"dataset": ds.name, "source": ds.source, "classes": list(ds.classes), "image_shape_hwc": list(ds.shape),
+            "train": len(ds.train.labels), "test": len(ds.test.labels)}
+
+
 def load_npz(directory: str | os.PathLike) -> RawDataset:
     directory = Path(directory)
     splits, classes = {}, ()

@@ -181,3 +181,21 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a cnnvis checkpoint (expected format {CHECKPOINT_FORMAT})")
     return state
+
+
+def read_json_files(directory: str | os.PathLike) -> dict[str, Any]:
+    """Every ``*.json`` of ``directory`` (not recursive) by file name; {} when it does not exist."""
+    out = {}
+    for f in sorted(Path(directory).glob("*.json")):
+        try:
+            out[f.name] = json.loads(f.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{f}: not valid JSON ({e}); rerun the stage that writes it") from None
+    return out
+
+
+def files_below(root: str | os.PathLike, suffixes: Iterable[str]) -> list[Path]:
+    """Files under ``root`` with one of ``suffixes`` (case-insensitive), none inside a hidden folder or hidden."""
+    root, suffixes = Path(root), {s.lower() for s in suffixes}
+    return [f for f in sorted(root.rglob("*")) if root.is_dir() and f.is_file() and f.suffix.lower() in suffixes
+            and not any(part.startswith(".") for part in f.relative_to(root).parts)]

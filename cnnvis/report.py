@@ -35,6 +35,9 @@ SKIP_KEYS = frozenset({"history", "classes", "confusion", "per_class"})
 HEADING_SHIFT = 3  # levels a stage table's own headings move down on the page and in RESULTS.md
 
 
+MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+        ".svg": "image/svg+xml", ".webp": "image/webp"}  # figures embedded as data: URLs
+
 @dataclass(frozen=True)
 class ReportConfig:
     title: str = opt("cnnvis — four papers on seeing inside CNNs, reproduced")

@@ -106,20 +106,40 @@ class Stage:
 
     def main(self, argv: list[str] | None = None) -> None:
         """The stage's command line: ``python -m stages.<name> ...`` and ``stages.<name>.main(argv)``."""
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
         args = self.parser().parse_args(argv)
-        t0 = time.perf_counter()
-        try:
-            execute(self, args, t0)
-        except CnnvisError as e:
-            _fail(self.name, str(e))
-        except OSError as e:  # unwritable output, full disk, a file where a directory should be, …
-            where = f"{e.filename}: " if e.filename else ""
-            _fail(self.name, f"{where}{e.strerror or e}; check the path and its permissions, then rerun")
-        except KeyboardInterrupt:
-            print(f"{self.name}: interrupted; no output was written", file=sys.stderr)
-            raise SystemExit(130) from None
-        log.info("%s done in %.1f s", self.name, time.perf_counter() - t0)
+        guarded(self.name, execute, self, args)
+
+
+def guarded(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` with logging set up and every user-fixable failure as one line ``<name>: error: …``, exit 2
+    (Ctrl-C: exit 130); a bug still shows its traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    t0 = time.perf_counter()
+    try:
+        result = fn(*args)
+    except CnnvisError as e:
+        _fail(name, str(e))
+    except OSError as e:  # unwritable output, full disk, a file where a directory should be, …
+        where = f"{e.filename}: " if e.filename else ""
+        _fail(name, f"{where}{e.strerror or e}; check the path and its permissions, then rerun")
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; no output was written", file=sys.stderr)
+        raise SystemExit(130) from None
+    log.info("%s done in %.1f s", name, time.perf_counter() - t0)
+    return result
+
+
+def command(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``guarded`` as a decorator, for the project's commands that are not DVC stages (collect, sweep)."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(argv: list[str] | None = None) -> Any:
+            return guarded(name, fn, argv)
+
+        wrapper.__doc__, wrapper.__name__ = fn.__doc__, fn.__name__
+        return wrapper
+
+    return deco
 
 
 def _fail(name: str, message: str) -> None:
@@ -214,11 +234,11 @@ def _tree_digest(path: Path) -> str:
 # --------------------------------------------------------------------------- the run
 
 
-def execute(stage: Stage, args: argparse.Namespace, t0: float | None = None) -> None:
+def execute(stage: Stage, args: argparse.Namespace) -> None:
     """Params, writability, hardware, inputs, ``run``, then every output committed at once."""
     from cnnvis.hardware import apply_hardware
 
-    t0 = time.perf_counter() if t0 is None else t0
+    t0 = time.perf_counter()
     dataset = getattr(args, "dataset", None)
     params = load_params(args.params, {**stage.params, **EXECUTION_SECTIONS}, dataset)
     targets = {name: getattr(args, name) for name in stage.outputs if getattr(args, name) is not None}
@@ -296,7 +316,7 @@ def check_writable(target: Path, *, directory: bool) -> list[Path]:
     except OSError as e:
         _remove_empty(created)
         raise ConfigError(f"{target}: cannot write there ({e.strerror or e}); fix the permissions of "
-                          f"{e.filename or target.parent} or choose another path") from None
+                          f"{existing} or choose another path") from None
     if target.exists() and target.is_dir() != directory:
         _remove_empty(created)
         kind = "a directory" if target.is_dir() else "a file"

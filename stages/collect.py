@@ -28,7 +28,7 @@ import yaml
 from cnnvis import ConfigError
 from cnnvis import report as R
 from cnnvis.io import save_text
-from stages._common import stage_main
+from stages._runner import command
 
 log = logging.getLogger("cnnvis.collect")
 # identity of a run, not a result: never averaged
@@ -108,7 +108,7 @@ def collect(sweep_dir: Path, metrics: list[str] | None = None) -> dict[str, str]
     return {"jobs.csv": jobs_csv, "summary.csv": summary_csv, "summary.md": "\n".join(md)}
 
 
-@stage_main("collect")
+@command("collect")
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep_dir", type=Path, help="a multirun/<date>/<time> directory of stages.sweep")

@@ -1,43 +1,34 @@
 """Stage `download`: find, verify and store one dataset as npz shards.
 
     python -m stages.download --dataset fashion_mnist --out data/raw/fashion_mnist
+
+Sources, in order: ``dataset.<name>.source_dir``, the system copy (Debian's
+dataset-fashion-mnist), torchvision's download into ``--download-root``.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from cnnvis import data as D
 from cnnvis.config import DatasetConfig
-from cnnvis.io import atomic_path, save_json
-from stages._common import Params, add_common_args, progress_factory, stage_main
-
-PARAMS = ("dataset.{dataset}",)
-INPUTS: tuple[str, ...] = ()
-OUTPUTS = ("--out",)
-SCRATCH = ("--download-root",)
+from cnnvis.io import save_json
+from stages._runner import Context, Output, Stage
 
 
-@stage_main("download")
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--download-root", type=Path, default=Path("data/downloads"),
-                   help="where a download lands before conversion (not a DVC output)")
-    add_common_args(p)
-    args = p.parse_args(argv)
-    params = Params.load(args.params, PARAMS, args.dataset)
-    cfg = params.section(f"dataset.{args.dataset}", DatasetConfig)
-    ds = D.acquire(cfg, args.download_root / args.dataset, progress=progress_factory(params.hardware))
-    with atomic_path(args.out, directory=True) as tmp:
-        D.save_npz(tmp, ds)
-        save_json(tmp / "meta.json", {  # normalization statistics come later, from the training split (prepare)
-            "dataset": ds.name, "source": ds.source, "classes": list(ds.classes),
-            "image_shape_hwc": list(ds.shape), "train": len(ds.train.labels), "test": len(ds.test.labels),
-        })
+def run(ctx: Context) -> None:
+    ds = D.acquire(ctx.section("dataset.{dataset}"), ctx.path("download_root") / ctx.dataset, progress=ctx.progress)
+    D.save_npz(ctx.out["out"], ds)
+    save_json(ctx.out["out"] / "meta.json", D.meta(ds))
 
+
+STAGE = Stage(
+    "download", __doc__, run,
+    params={"dataset.{dataset}": DatasetConfig},
+    outputs={"out": Output(directory=True, help="data/raw/<dataset>: train.npz, test.npz, meta.json")},
+    scratch={"download_root": Path("data/downloads")},
+)
+main = STAGE.main
 
 if __name__ == "__main__":
     main()

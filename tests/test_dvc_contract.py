@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import shlex
 import subprocess
 import sys
@@ -59,7 +60,7 @@ STAGES = list(dvc_stages())
 def test_params_declared_match(name, stage, foreach):
     key = "fashion_mnist"
     module, _ = stage_module(expand(stage["cmd"], key))
-    declared = {p.format(dataset=key) for p in module.PARAMS}
+    declared = {p.format(dataset=key) for p in module.STAGE.params}
     listed = {expand(p, key) if isinstance(p, str) else next(iter(p)) for p in stage.get("params", [])}
     assert declared == listed, f"{name}: code reads {sorted(declared)} but dvc.yaml lists {sorted(listed)}"
     assert "hardware" not in listed, "hardware is execution-only and must not invalidate results"
@@ -75,15 +76,17 @@ def test_paths_in_cmd_are_deps_or_outs(name, stage, foreach):
     for section in ("outs", "metrics", "plots"):
         outs |= {expand(o, key) for o in paths(stage.get(section))}
     assert f"{module.__name__.replace('.', '/')}.py" in deps, f"{name}: its own code must be a dep"
-    for flag in module.INPUTS:
+    spec = module.STAGE
+    for flag in map(spec.flag, spec.inputs):
         for value in flags.get(flag, []):
             assert value in deps, f"{name}: {flag} {value} is read but not a dep"
-    for flag in module.OUTPUTS:
-        assert flag in flags, f"{name}: output flag {flag} missing from cmd"
-        for value in flags[flag]:
+    for out_name, out in spec.outputs.items():
+        flag = spec.flag(out_name)
+        assert flag in flags or not out.required, f"{name}: output flag {flag} missing from cmd"
+        for value in flags.get(flag, []):
             assert value in outs, f"{name}: {flag} {value} is written but not an out/metric/plot"
-    known = set(module.INPUTS) | set(module.OUTPUTS) | set(getattr(module, "SCRATCH", ())) | {"--dataset", "--params"}
-    assert set(flags) <= known, f"{name}: cmd flags {sorted(set(flags) - known)} not declared as INPUTS/OUTPUTS/SCRATCH"
+    known = {spec.flag(n) for n in (*spec.inputs, *spec.outputs, *spec.scratch)} | {"--dataset", "--params"}
+    assert set(flags) <= known, f"{name}: cmd flags {sorted(set(flags) - known)} are not in the stage's spec"
 
 
 PACKAGES = ("cnnvis", "stages")
@@ -96,6 +99,16 @@ def module_file(name: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+DYNAMIC = ("import_module", "__import__", "spec_from_file_location", "run_module", "run_path")
+
+
+def dynamic_imports(path: Path) -> list[str]:
+    """Calls in ``path`` that import a module by a computed name (importlib, __import__, runpy): code DVC cannot see."""
+    return [f"{path.relative_to(ROOT)}:{node.lineno}" for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Call) and (getattr(node.func, "attr", None) in DYNAMIC
+                                              or getattr(node.func, "id", None) in DYNAMIC)]
 
 
 def project_imports(path: Path) -> set[Path]:
@@ -130,6 +143,17 @@ def code_closure(module: str) -> set[str]:
     return {f.relative_to(ROOT).as_posix() for f in seen}
 
 
+def loaded_on_import(module: str) -> set[str]:
+    """The project files Python actually loads when it imports ``module`` (a fresh interpreter): catches what an
+    import hook, a plugin entry point or a computed import name would add beyond the static closure."""
+    code = (f"import json, sys; import {module}; print(json.dumps(sorted(getattr(m, '__file__', None) or '' "
+            "for m in list(sys.modules.values()))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    files = {Path(f).resolve() for f in json.loads(out) if f}
+    return {f.relative_to(ROOT).as_posix() for f in files if f.is_relative_to(ROOT) and f.relative_to(ROOT).parts[0]
+            in PACKAGES}
+
+
 def covered(file: str, deps: set[str]) -> bool:
     return any(file == d or file.startswith(d.rstrip("/") + "/") for d in deps)
 
@@ -139,6 +163,10 @@ def test_code_deps_are_exactly_the_code_a_stage_runs(name, stage, foreach):
     """A change to any project file a stage imports (transitively) must rerun it, and only those files are deps."""
     module = stage["cmd"].split()[2]
     closure = code_closure(module)
+    dynamic = [d for f in sorted(closure) for d in dynamic_imports(ROOT / f)]
+    assert not dynamic, f"{name}: imports by computed name at {dynamic}; import modules by name so DVC sees them"
+    hidden = sorted(loaded_on_import(module) - closure)
+    assert not hidden, f"{name}: importing it loads {hidden}, which no import statement names"
     deps = {d for d in paths(stage.get("deps")) if d.split("/")[0] in PACKAGES}
     missing = sorted(f for f in closure if not covered(f, deps))
     assert not missing, f"{name}: runs {missing} but dvc.yaml does not list them as deps"
@@ -148,7 +176,7 @@ def test_code_deps_are_exactly_the_code_a_stage_runs(name, stage, foreach):
 
 def test_code_closure_follows_local_and_relative_imports(tmp_path):
     closure = code_closure("stages.report")
-    assert {"stages/report.py", "stages/_common.py", "cnnvis/report.py", "cnnvis/__init__.py"} <= closure
+    assert {"stages/report.py", "stages/_runner.py", "cnnvis/report.py", "cnnvis/__init__.py"} <= closure
     assert "cnnvis/pruning.py" not in closure  # the report reads metrics files, never the pruning code
 
 
@@ -180,3 +208,21 @@ def test_every_experiment_composes(tmp_path):
         subprocess.run([sys.executable, "-m", "stages.compose", "--out", str(tmp_path / f"{exp}.yaml"), f"experiment={exp}"],
                        cwd=ROOT, check=True, capture_output=True)
         assert yaml.safe_load((tmp_path / f"{exp}.yaml").read_text())["dataset"]
+
+
+def test_dynamic_import_detection_finds_importlib(tmp_path):
+    probe = ROOT / "stages" / "_probe_dynamic_tmp.py"
+    probe.write_text("import importlib\nm = importlib.import_module('stages.' + 'report')\n")
+    try:
+        assert dynamic_imports(probe) == ["stages/_probe_dynamic_tmp.py:2"]
+    finally:
+        probe.unlink()
+
+
+def test_no_stage_imports_another_stage():
+    """What two stages share lives in the library (or the runner), never in another stage's module."""
+    stage_modules = {f"stages/{stage['cmd'].split()[2].split('.')[1]}.py" for _, stage, _ in STAGES}
+    for _, stage, _ in STAGES:
+        own = f"stages/{stage['cmd'].split()[2].split('.')[1]}.py"
+        others = sorted(f.relative_to(ROOT).as_posix() for f in project_imports(ROOT / own))
+        assert not set(others) & (stage_modules - {own}), f"{own} imports {sorted(set(others) & stage_modules)}"

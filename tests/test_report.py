@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import struct
@@ -70,9 +71,11 @@ def make_fixture_report(tmp: Path, *, readme: str | None = None) -> Path:
             "--figures", str(tmp / "reports/figures"), "--reference", str(REFERENCE),
             "--html", str(tmp / "reports/index.html"), "--markdown", str(tmp / "reports/RESULTS.md"),
             "--params", str(tmp / "params.yaml")]
-    if readme is not None:
-        argv += ["--readme", str(tmp / "README.md")]
     main(argv)
+    if readme is not None:
+        from stages.readme import main as sync_readme
+
+        assert sync_readme(["--results", str(tmp / "reports/RESULTS.md"), "--readme", str(tmp / "README.md")]) in (0, 2)
     return tmp
 
 
@@ -240,16 +243,26 @@ def test_readme_without_markers_is_left_alone(tmp_path):
 
 
 def test_relative_or_embedded_images(tmp_path):
-    from stages.report import read_figures
+    from stages.report import source
 
     f = tmp_path / "reports/figures/mnist"
     f.mkdir(parents=True)
     (f / "p1_fig08_x.png").write_bytes(tiny_png())
-    cfg = R.ReportConfig(embed_images=False)
-    assert read_figures(tmp_path / "reports/figures", ["mnist"], cfg, tmp_path / "reports") == {
-        "mnist": [("p1_fig08_x.png", "figures/mnist/p1_fig08_x.png")]}
-    embedded = read_figures(tmp_path / "reports/figures", ["mnist"], R.ReportConfig(embed_images=True), tmp_path / "reports")
-    assert embedded["mnist"][0][1].startswith("data:image/png;base64,")
+    assert source(f / "p1_fig08_x.png", False, tmp_path / "reports") == "figures/mnist/p1_fig08_x.png"
+    embedded = source(f / "p1_fig08_x.png", True, tmp_path / "reports")
+    assert embedded.startswith("data:image/png;base64,") and tiny_png() == base64.b64decode(embedded.split(",", 1)[1])
+
+
+def test_readme_sync_check_and_missing_markers(tmp_path, capsys):
+    from stages.readme import main as sync_readme
+
+    make_fixture_report(tmp_path, readme="# Project\n<!-- results:start -->\nold\n<!-- results:end -->\n")
+    args = ["--results", str(tmp_path / "reports/RESULTS.md"), "--readme", str(tmp_path / "README.md")]
+    assert sync_readme([*args, "--check"]) == 0
+    (tmp_path / "README.md").write_text("# Project\n<!-- results:start -->\nstale\n<!-- results:end -->\n")
+    assert sync_readme([*args, "--check"]) == 1 and "differs" in capsys.readouterr().err
+    (tmp_path / "README.md").write_text("# no markers\n")
+    assert sync_readme(args) == 2 and "markers" in capsys.readouterr().err
 
 
 def test_readme_results_block_equals_results_md():
@@ -261,7 +274,7 @@ def test_readme_results_block_equals_results_md():
     assert results.exists(), "README.md has a results block but reports/RESULTS.md is missing: run `dvc repro report`"
     assert R.extract_block(readme.read_text()) == R.extract_block(results.read_text()), (
         "README.md's results block differs from reports/RESULTS.md: run "
-        "`python -m stages.report --readme README.md --readme-only`")
+        "`python -m stages.readme`")
 
 
 def test_stage_table_headings_sit_below_the_page_headings():

@@ -85,7 +85,8 @@ def test_train_missing_data_is_one_line(tmp_path):
     result = run("stages.train_baseline", "--dataset", "fashion_mnist", "--data", str(tmp_path / "nothing"),
                  "--out", str(tmp_path / "b.pt"), "--metrics", str(tmp_path / "b.json"), "--params", str(params))
     assert result.returncode == 2
-    assert "train-baseline: error:" in result.stderr and "run `dvc repro download` first" in result.stderr
+    assert result.stderr.count("\n") == 1 and "train-baseline: error:" in result.stderr
+    assert "nothing: missing; run `dvc repro download` first" in result.stderr
 
 
 def test_train_stage_end_to_end(tmp_path):
@@ -107,36 +108,28 @@ def test_train_stage_end_to_end(tmp_path):
     np.testing.assert_equal(metrics["test"]["n"], 60)
 
 
-def test_stage_wall_time_recorded_in_metrics(tmp_path):
-    from stages._common import _record_stage_seconds
-
-    (tmp_path / "m.json").write_text('{"test": {"top1": 90.0}}')
-    _record_stage_seconds(["--dataset", "x", "--metrics", str(tmp_path / "m.json")], 12.34)
-    doc = yaml.safe_load((tmp_path / "m.json").read_text())
-    assert doc == {"test": {"top1": 90.0}, "stage_seconds": 12.3}
-
-
-def test_train_stage_resumes_a_killed_run_to_the_same_result(tmp_path, monkeypatch):
-    """fit() killed after epoch 1 leaves its state in the resume dir; the next fit() continues from it and ends
-    with the same history, test metrics and weights as a run that was never interrupted."""
-    import torch
-
-    from cnnvis import training
-    from cnnvis.config import HardwareConfig, ModelConfig, TrainConfig, parse
-    from cnnvis.models import load_checkpoint
-    from stages.train_baseline import fit
-
+def synthetic_run(tmp_path, epochs: int = 3):
+    """A raw synthetic dataset and params for a tiny model; returns argv for train_baseline.main minus outputs."""
     tr, te, classes = D.make_synthetic(12, 200, 60)
     (tmp_path / "raw").mkdir()
     D.save_npz(tmp_path / "raw", D.RawDataset("synthetic", tr, te, classes, "s"))
-    train_raw = dict(yaml.safe_load((ROOT / "params.yaml").read_text())["train"], epochs=3, val_size=20, batch_size=32)
-    train_cfg = parse(TrainConfig, train_raw, "train")
-    model_cfg = ModelConfig(widths=(4, 8), kernel_sizes=(3, 3), hidden=16)
-    hw = HardwareConfig(threads=1)
+    train = dict(yaml.safe_load((ROOT / "params.yaml").read_text())["train"], epochs=epochs, val_size=20, batch_size=32)
+    params = params_file(tmp_path, train=train, model={"name": "p1_cnn", "widths": [4, 8], "kernel_sizes": [3, 3],
+                                                       "hidden": 16}, hardware={"threads": 1})
+    return ["--dataset", "synthetic", "--data", str(tmp_path / "raw"), "--params", str(params)]
 
-    def run(name, resume_dir):
-        return fit(tmp_path / "raw", model_cfg, train_cfg, hw, out=tmp_path / f"{name}.pt",
-                   metrics_path=tmp_path / f"{name}.json", live_dir=None, resume_dir=resume_dir, tag="baseline")
+
+def test_train_stage_resumes_a_killed_run_to_the_same_result(tmp_path, monkeypatch):
+    """The stage killed after epoch 1 writes no output but leaves its state in the resume dir; the next run
+    continues from it and ends with the same checkpoint, byte for byte, as a run that was never interrupted."""
+    from cnnvis import training
+    from stages.train_baseline import main
+
+    base = synthetic_run(tmp_path)
+    resume = tmp_path / "resume"
+
+    def outputs(name):
+        return ["--out", str(tmp_path / name / "b.pt"), "--metrics", str(tmp_path / name / "b.json")]
 
     class Killed(Exception):
         pass
@@ -150,27 +143,49 @@ def test_train_stage_resumes_a_killed_run_to_the_same_result(tmp_path, monkeypat
 
         return real_train(*args, on_epoch_end=save_then_die, **kw)
 
-    resume = tmp_path / "resume"
     monkeypatch.setattr(training, "train", killed_after_epoch_1)
     with pytest.raises(Killed):
-        run("resumed", resume)
+        main([*base, *outputs("resumed"), "--resume-dir", str(resume)])
     assert len(list(resume.glob("*.pt"))) == 1  # epoch 1's state
+    assert not (tmp_path / "resumed").exists() or not any((tmp_path / "resumed").iterdir())  # no partial output
     epochs_run = []
 
     def counting(*args, on_epoch_end, **kw):
         return real_train(*args, on_epoch_end=lambda st: epochs_run.append(st["epoch"]) or on_epoch_end(st), **kw)
 
     monkeypatch.setattr(training, "train", counting)
-    resumed = run("resumed", resume)
-    assert len(epochs_run) == 2  # epochs 2 and 3 only: epoch 1 came from the resume file
+    main([*base, *outputs("resumed"), "--resume-dir", str(resume)])
+    assert epochs_run == [2, 3]  # epoch 1 came from the resume file
     assert not list(resume.glob("*.pt"))  # scratch removed after success
-    straight = run("straight", None)
+    main([*base, *outputs("straight"), "--resume-dir", str(tmp_path / "other")])
+    assert (tmp_path / "resumed" / "b.pt").read_bytes() == (tmp_path / "straight" / "b.pt").read_bytes()
 
-    def timeless(history):
-        return [{k: v for k, v in row.items() if "second" not in k and k != "images_per_s"} for row in history]
 
-    assert timeless(resumed["history"]) == timeless(straight["history"])
-    assert resumed["test"] == straight["test"]
-    a, _ = load_checkpoint(tmp_path / "resumed.pt")
-    b, _ = load_checkpoint(tmp_path / "straight.pt")
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+def test_resume_state_of_other_data_is_not_used(tmp_path, monkeypatch):
+    """The resume key covers the inputs' content: after the training data change, a killed run's state is ignored
+    and training starts again from epoch 1 (the old key, config only, resumed on the new data)."""
+    from cnnvis import training
+    from stages.train_baseline import main
+
+    base = synthetic_run(tmp_path)
+    resume = tmp_path / "resume"
+    real_train = training.train
+
+    def killed_after_epoch_1(*args, on_epoch_end, **kw):
+        def save_then_die(state):
+            on_epoch_end(state)
+            raise KeyboardInterrupt
+
+        return real_train(*args, on_epoch_end=save_then_die, **kw)
+
+    monkeypatch.setattr(training, "train", killed_after_epoch_1)
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--out", str(tmp_path / "b.pt"), "--metrics", str(tmp_path / "b.json"), "--resume-dir", str(resume)])
+    assert e.value.code == 130 and len(list(resume.glob("*.pt"))) == 1 and not (tmp_path / "b.pt").exists()
+    tr, te, classes = D.make_synthetic(12, 200, 60, seed=1)  # new training data, same config
+    D.save_npz(tmp_path / "raw", D.RawDataset("synthetic", tr, te, classes, "s"))
+    epochs_run = []
+    monkeypatch.setattr(training, "train", lambda *a, on_epoch_end, **kw: real_train(
+        *a, on_epoch_end=lambda st: epochs_run.append(st["epoch"]) or on_epoch_end(st), **kw))
+    main([*base, "--out", str(tmp_path / "b.pt"), "--metrics", str(tmp_path / "b.json"), "--resume-dir", str(resume)])
+    assert epochs_run == [1, 2, 3]

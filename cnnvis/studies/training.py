@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,8 +46,10 @@ TIMING_KEYS = ("seconds", "images_per_s")
 
 
 def timeless(history: list[dict]) -> list[dict]:
-    """Per-epoch rows without wall times: what a checkpoint keeps, so equal training gives equal files."""
-    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in history]
+    """Per-epoch rows without wall times: what a checkpoint keeps, so equal training gives equal files. Rebuilt
+    through JSON so equal rows pickle to equal bytes (a resumed run's rows would otherwise carry other string
+    objects than a straight run's, which pickle differently)."""
+    return json.loads(json.dumps([{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in history]))
 
 
 @dataclass

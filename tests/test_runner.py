@@ -1,0 +1,159 @@
+"""The Stage runner: one line and exit 2 on every user-fixable failure, no partial output, all outputs at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from cnnvis import DataError
+from cnnvis.io import load_npz_arrays, save_json, save_text
+from stages._runner import Context, Input, Output, Stage
+
+from conftest import ROOT
+
+
+def toy_stage(run, **kw) -> Stage:
+    return Stage("toy", "a toy stage", run, per_dataset=False, params={"report": None},
+                 inputs={"arrays": Input(load_npz_arrays, made_by="maker")},
+                 outputs={"metrics": Output(save_json), "table": Output(save_text),
+                          "figures": Output(directory=True)}, **kw)
+
+
+@pytest.fixture
+def files(tmp_path):
+    np.savez(tmp_path / "a.npz", x=np.arange(3))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"report": {"title": "t"}, "hardware": {"threads": 1}}))
+    return tmp_path
+
+
+def argv(tmp: Path, out: Path, arrays: Path | None = None) -> list[str]:
+    return ["--arrays", str(arrays or tmp / "a.npz"), "--metrics", str(out / "m.json"), "--table", str(out / "t.md"),
+            "--figures", str(out / "figs"), "--params", str(tmp / "params.yaml")]
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.rglob("*")) if directory.exists() else []
+
+
+def good_run(ctx: Context) -> dict:
+    (ctx.out["figures"] / "f.txt").write_text("figure")
+    return {"metrics": {"sum": int(ctx.inputs["arrays"]["x"].sum())}, "table": "| a |\n"}
+
+
+def test_outputs_written_together_with_stage_seconds(files):
+    out = files / "out"
+    toy_stage(good_run).main(argv(files, out))
+    doc = json.loads((out / "m.json").read_text())
+    assert doc["sum"] == 3 and isinstance(doc["stage_seconds"], float)
+    assert (out / "t.md").read_text() == "| a |\n" and (out / "figs" / "f.txt").read_text() == "figure"
+    assert leftovers(out) == ["f.txt", "figs", "m.json", "t.md"]  # no temporary names left
+
+
+def test_failure_after_partial_writes_leaves_nothing(files):
+    def run(ctx):
+        (ctx.out["figures"] / "f.txt").write_text("half")
+        save_json(ctx.out["metrics"], {"half": True})
+        raise DataError("the data ran out")
+
+    out = files / "out"
+    with pytest.raises(SystemExit) as e:
+        toy_stage(run).main(argv(files, out))
+    assert e.value.code == 2 and leftovers(out) == []
+
+
+def test_failure_keeps_previous_outputs_untouched(files):
+    out = files / "out"
+    toy_stage(good_run).main(argv(files, out))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def run(ctx):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as e:
+        toy_stage(run).main(argv(files, out))
+    assert e.value.code == 130 and {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing"])
+def test_bad_input_is_one_line_naming_the_file(files, capsys, damage):
+    bad = files / "bad.npz"
+    if damage == "truncated":
+        bad.write_bytes((files / "a.npz").read_bytes()[:40])
+    elif damage == "garbage":
+        bad.write_bytes(b"not a zip at all")
+    ran = []
+    with pytest.raises(SystemExit) as e:
+        toy_stage(lambda ctx: ran.append(1)).main(argv(files, files / "out", arrays=bad))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith(f"toy: error: {bad}: ")
+    assert ("run `dvc repro maker` first" if damage == "missing" else "unreadable") in err
+    assert not ran and leftovers(files / "out") == []
+
+
+def test_unwritable_output_fails_before_any_work(files, capsys, monkeypatch):
+    ran = []
+    real = tempfile.mkstemp
+
+    def denied(*a, dir=None, **kw):
+        if dir is not None and "locked" in str(dir):
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real(*a, dir=dir, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    with pytest.raises(SystemExit) as e:
+        toy_stage(lambda ctx: ran.append(1)).main(argv(files, files / "locked"))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "locked/m.json: cannot write there (Permission denied)" in err
+    assert not ran and leftovers(files / "locked") == []  # the directory it made for the probe is gone too
+
+
+def test_output_under_a_file_is_one_line(files, capsys):
+    with pytest.raises(SystemExit) as e:
+        toy_stage(good_run).main(argv(files, files / "a.npz" / "sub"))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "a.npz is a file, not a directory" in err
+
+
+def test_really_unwritable_directory_as_another_user(tmp_path):
+    """As a user without write permission (root ignores permission bits, so the test drops to nobody)."""
+    if os.geteuid() != 0 or subprocess.run(["id", "nobody"], capture_output=True).returncode != 0:
+        pytest.skip("needs root to switch to user nobody")
+    files = Path(tempfile.mkdtemp(prefix="cnnvis-perm-"))  # pytest's own tmp dirs are private to root
+    os.chmod(files, 0o755)
+    locked = files / "locked"
+    locked.mkdir(mode=0o555)
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from stages.download import main; main(sys.argv[1:])"
+    params = files / "params.yaml"
+    params.write_text(yaml.safe_dump({"dataset": {"digits": {"name": "digits"}}, "hardware": {"threads": 1}}))
+    os.chmod(params, 0o644)
+    result = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", code,
+                             "--dataset", "digits", "--out", str(locked / "raw"), "--params", str(params),
+                             "--download-root", str(locked / "dl")], capture_output=True, text=True, cwd="/",
+                            env={**os.environ, "HOME": "/tmp"})
+    shutil.rmtree(files)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"download: error: {locked / 'raw'}: cannot write there (Permission denied); fix the permissions of "
+        f"{locked} or choose another path"]
+
+
+def test_undeclared_output_is_a_bug_not_a_user_error(files):
+    with pytest.raises(RuntimeError, match="undeclared outputs"):
+        toy_stage(lambda ctx: {"extra": 1}).main(argv(files, files / "out"))
+    assert leftovers(files / "out") == []
+
+
+def test_unknown_params_section_value_is_one_line(files, capsys):
+    (files / "params.yaml").write_text(yaml.safe_dump({"report": {}, "hardware": {"device": "tpu"}}))
+    with pytest.raises(SystemExit) as e:
+        toy_stage(good_run).main(argv(files, files / "out"))
+    assert e.value.code == 2 and "hardware.device = 'tpu': unknown" in capsys.readouterr().err

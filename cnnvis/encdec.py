@@ -6,8 +6,9 @@ with groups = C (each class map is computed from its own channel only, no
 class mixing) → ReLU → one 8×8 map per class → global average pooling (eq. 8)
 gives the logits; softmax + cross-entropy (eqs. 4, 9) live in the loss.
 
-Registered as ``encdec`` in the model registry, so checkpoints rebuild through
-``cnnvis.io.load_checkpoint`` from the ModelConfig fields they carry
+Importing this module registers ``encdec`` in the model registry
+(``cnnvis.models.MODELS``), so checkpoints rebuild through
+``cnnvis.models.load_checkpoint`` from the ModelConfig fields they carry
 (width_multiplier, small_input_stem, dropout, pretrained).
 
 This module also holds the measurements the paper only eyeballs (section 5):
@@ -30,17 +31,6 @@ from cnnvis.config import ModelConfig, TrainConfig, opt
 from cnnvis.models import ResNet18, load_imagenet_weights, register
 
 log = logging.getLogger(__name__)
-
-# Paper 4, Table 1 (Tiny ImageNet, 64 px; the 224 px row is torchvision's ImageNet figure).
-PAPER_TABLE1 = (
-    {"model": "Baseline (ResNet-18, recipe of github tjmoon0104/pytorch-tiny-imagenet)", "top1": 52.80, "top5": 73.31,
-     "dataset": "Tiny ImageNet val", "input": "not stated", "epochs": "not stated"},
-    {"model": "Pre-trained ResNet-18 (224×224), reference", "top1": 69.76, "top5": 89.08,
-     "dataset": "ImageNet val", "input": "224 px", "epochs": "—"},
-    {"model": "Proposed encoder-decoder", "top1": 53.78, "top5": 61.09,
-     "dataset": "Tiny ImageNet val", "input": "64 px", "epochs": "80"},
-)
-
 
 @dataclass(frozen=True)
 class EncDecConfig:

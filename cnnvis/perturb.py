@@ -29,8 +29,6 @@ from cnnvis import ConfigError
 from cnnvis.config import opt
 from cnnvis.hooks import eval_mode
 
-# Paper 4, section 5.3.1: the proposed model on 100 random grayscale Tiny ImageNet validation images.
-PAPER_GRAYSCALE_TOP1 = 45.52
 # Salt & pepper values are drawn for this many images at a time, from one generator, so the
 # noise of an image does not depend on any evaluation batch size.
 NOISE_CHUNK = 256

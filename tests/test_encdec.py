@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from cnnvis import ConfigError
@@ -13,7 +14,10 @@ from cnnvis.config import ModelConfig, parse
 from cnnvis.io import save_checkpoint
 from cnnvis.models import build_model, load_checkpoint
 
+from conftest import ROOT
+
 torch.set_num_threads(1)
+REFERENCE = ROOT / "reports" / "paper_reference.yaml"
 
 
 def tiny(num_classes: int = 5, in_channels: int = 1, size: int = 28, **kw) -> E.EncDec:
@@ -151,11 +155,8 @@ def test_map_study_separates_correct_and_wrong():
     assert study["confidence_vs_sharpness"]["peak_to_mean"]["n"] == n
 
 
-def test_stage_end_to_end_tiny(tmp_path):
-    from cnnvis.io import load_json
-    from cnnvis.models import load_checkpoint
-    from stages import train_encdec as stage
-
+def _toy_run(tmp_path, encdec: dict) -> list[str]:
+    """A 3-class 28 px toy dataset and params; the stage's argv without its outputs."""
     rng = np.random.default_rng(0)
     raw = tmp_path / "raw" / "toy"
     raw.mkdir(parents=True)
@@ -163,17 +164,26 @@ def test_stage_end_to_end_tiny(tmp_path):
         with open(raw / f"{split}.npz", "wb") as f:
             np.savez(f, images=rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
                      labels=np.arange(n, dtype=np.int64) % 3, classes=np.asarray(["a", "b", "c"]))
-    import yaml
-
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"encdec": {
-        "width_multiplier": 0.125, "snapshot_epochs": [0.5, 1.0, 5.0], "probes_per_class": 1, "examples": 2,
-        "train": {"epochs": 1, "batch_size": 16, "val_size": 0, "schedule": "cosine"}},
-        "hardware": {"progress": "none", "threads": 1}}))
+    params.write_text(yaml.safe_dump({"encdec": encdec, "hardware": {"progress": "none", "threads": 1}}))
+    return ["--dataset", "toy", "--data", str(raw), "--reference", str(REFERENCE), "--params", str(params)]
+
+
+def _outputs(out) -> list[str]:
+    return ["--out", str(out / "e.pt"), "--metrics", str(out / "e.json"), "--snapshots", str(out / "s.npz"),
+            "--table", str(out / "t.md"), "--figures", str(out / "figs")]
+
+
+TOY = {"width_multiplier": 0.125, "snapshot_epochs": [0.5, 1.0, 5.0], "probes_per_class": 1, "examples": 2,
+       "train": {"epochs": 1, "batch_size": 16, "val_size": 0, "schedule": "cosine"}}
+
+
+def test_stage_end_to_end_tiny(tmp_path):
+    from cnnvis.io import load_json
+    from stages import train_encdec as stage
+
     out = tmp_path / "out"
-    stage.main(["--dataset", "toy", "--data", str(raw), "--out", str(out / "e.pt"), "--metrics", str(out / "e.json"),
-                "--snapshots", str(out / "s.npz"), "--table", str(out / "t.md"), "--figures", str(out / "figs"),
-                "--params", str(params)])
+    stage.main([*_toy_run(tmp_path, TOY), *_outputs(out), "--resume-dir", str(tmp_path / "resume")])
     model, state = load_checkpoint(out / "e.pt")
     assert isinstance(model, E.EncDec) and state["encdec"]["width_multiplier"] == 0.125
     metrics = load_json(out / "e.json")
@@ -181,9 +191,79 @@ def test_stage_end_to_end_tiny(tmp_path):
     assert metrics["resnet18"]["test"]["n"] == 24 and len(metrics["settle"]["per_class_epoch"]) == 3
     with np.load(out / "s.npz") as z:
         assert z["own_maps"].shape == (2, 3, 8, 8)
-    assert "53.78" in (out / "t.md").read_text()
+    table = (out / "t.md").read_text()
+    assert "| paper 4 | Proposed encoder-decoder | 53.78 | 61.09 |" in table and "| ours | plain ResNet-18" in table
     assert {p.name for p in (out / "figs").iterdir()} >= {"fig3_5_map_evolution.png", "fig6_correct.png",
                                                           "fig7_wrong.png", "study.png"}
+    assert not list((tmp_path / "resume").glob("*.pt"))  # scratch removed after success
+
+
+def test_table1_paper_numbers_come_from_the_reference(tmp_path):
+    from stages import train_encdec as stage
+
+    ref = yaml.safe_load(REFERENCE.read_text())
+    row = next(r for t in ref["tables"] if t["id"] == "p4_table1" for r in t["paper_rows"] if r["key"] == "proposed")
+    row["top1"] = 12.34
+    (tmp_path / "ref.yaml").write_text(yaml.safe_dump(ref))
+    argv = _toy_run(tmp_path, {**TOY, "compare_resnet": False})
+    argv[argv.index("--reference") + 1] = str(tmp_path / "ref.yaml")
+    stage.main([*argv, *_outputs(tmp_path / "out")])
+    assert "| paper 4 | Proposed encoder-decoder | 12.34 | 61.09 |" in (tmp_path / "out" / "t.md").read_text()
+
+
+def test_reference_without_the_table_is_one_line(tmp_path, capsys):
+    from stages import train_encdec as stage
+
+    (tmp_path / "ref.yaml").write_text(yaml.safe_dump({"papers": {}, "tables": []}))
+    argv = _toy_run(tmp_path, TOY)
+    argv[argv.index("--reference") + 1] = str(tmp_path / "ref.yaml")
+    with pytest.raises(SystemExit) as e:
+        stage.main([*argv, *_outputs(tmp_path / "out")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("train-encdec: error: ") and "ref.yaml: no table 'p4_table1'" in err[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_stage_resumes_a_killed_run_with_its_snapshots(tmp_path, monkeypatch):
+    """Killed after the encoder-decoder's epoch 1 (of 2), the stage continues from the resume state, snapshots
+    recorded before the kill included, and ends with the outputs of a run that was never interrupted."""
+    from cnnvis import training
+    from stages import train_encdec as stage
+
+    argv = _toy_run(tmp_path, {**TOY, "snapshot_epochs": [0.5, 1.0, 1.5], "compare_resnet": False,
+                               "train": {**TOY["train"], "epochs": 2}})
+    resume = tmp_path / "resume"
+    real_train = training.train
+
+    class Killed(Exception):
+        pass
+
+    def killed_after_epoch_1(*args, on_epoch_end, **kw):
+        def save_then_die(state):
+            on_epoch_end(state)
+            raise Killed
+
+        return real_train(*args, on_epoch_end=save_then_die, **kw)
+
+    monkeypatch.setattr(training, "train", killed_after_epoch_1)
+    with pytest.raises(Killed):
+        stage.main([*argv, *_outputs(tmp_path / "resumed"), "--resume-dir", str(resume)])
+    assert len(list(resume.glob("*.pt"))) == 1
+    steps = []
+
+    def counting(*args, on_step, **kw):
+        return real_train(*args, on_step=lambda n: steps.append(n) or on_step(n), **kw)
+
+    monkeypatch.setattr(training, "train", counting)
+    stage.main([*argv, *_outputs(tmp_path / "resumed"), "--resume-dir", str(resume)])
+    assert steps == [4, 5, 6]  # 3 steps per epoch: only epoch 2 ran again
+    monkeypatch.setattr(training, "train", real_train)
+    stage.main([*argv, *_outputs(tmp_path / "straight"), "--resume-dir", str(tmp_path / "other")])
+    with np.load(tmp_path / "resumed" / "s.npz") as a, np.load(tmp_path / "straight" / "s.npz") as b:
+        assert a["epochs"].tolist() == [0.5, 1.0, 1.5, 2.0]
+        assert all(np.array_equal(a[k], b[k]) for k in b.files)
+    assert (tmp_path / "resumed" / "e.pt").read_bytes() == (tmp_path / "straight" / "e.pt").read_bytes()
 
 
 def test_every_attribution_method_runs_and_leaves_the_model_unchanged():

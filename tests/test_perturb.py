@@ -10,13 +10,17 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+import cnnvis.encdec  # noqa: F401  (registers "encdec" for build_model)
 from cnnvis import ConfigError
 from cnnvis import perturb as P
 from cnnvis.config import ModelConfig, parse
 from cnnvis.io import load_json, save_checkpoint
 from cnnvis.models import build_model
 
+from conftest import ROOT
+
 torch.set_num_threads(1)
+REFERENCE = ROOT / "reports" / "paper_reference.yaml"
 
 
 def images(n=4, c=3, h=16, w=16, seed=0) -> torch.Tensor:
@@ -178,7 +182,8 @@ def test_stage_on_rgb_fills_every_row(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"perturb": {"examples": 1}, "hardware": {"progress": "none"}}))
     out = tmp_path / "out"
-    stage.main(["--dataset", "rgb", "--data", str(tmp_path / "raw" / "rgb"), "--encdec", str(tmp_path / "encdec.pt"),
+    stage.main(["--dataset", "rgb", "--data", str(tmp_path / "raw" / "rgb"), "--reference", str(REFERENCE),
+                "--encdec", str(tmp_path / "encdec.pt"),
                 "--baseline", str(tmp_path / "baseline.pt"), "--metrics", str(out / "p.json"),
                 "--table", str(out / "p.md"), "--figures", str(out / "figs"), "--params", str(params)])
     report = load_json(out / "p.json")
@@ -198,7 +203,8 @@ def test_stage_on_tiny_models(tmp_path):
     params.write_text(yaml.safe_dump({"perturb": {"examples": 2, "batch_size": 10},
                                       "hardware": {"progress": "none"}}))
     out = tmp_path / "out"
-    args = ["--dataset", "toy", "--data", str(tmp_path / "raw" / "toy"), "--baseline", str(tmp_path / "baseline.pt"),
+    args = ["--dataset", "toy", "--data", str(tmp_path / "raw" / "toy"), "--reference", str(REFERENCE),
+            "--baseline", str(tmp_path / "baseline.pt"),
             "--encdec", str(tmp_path / "encdec.pt"), "--pruned", str(tmp_path / "nope.pt"),
             "--metrics", str(out / "p.json"), "--table", str(out / "p.md"), "--figures", str(out / "figs"),
             "--params", str(params)]
@@ -215,3 +221,24 @@ def test_stage_on_tiny_models(tmp_path):
     assert "not applicable" in table and "45.52" in table
     assert {p.name for p in (out / "figs").iterdir()} == {"blur3.png", "blur5.png", "salt_pepper_0.0005.png",
                                                           "salt_pepper_0.005.png", "summary.png"}
+
+
+def test_paper_grayscale_number_comes_from_the_reference(tmp_path):
+    from stages import perturbation_eval as stage
+
+    _write_dataset(tmp_path / "raw" / "rgb", n_test=4, c=3, size=32)
+    _write_models(tmp_path, 3, 32)
+    ref = yaml.safe_load(REFERENCE.read_text())
+    table = next(t for t in ref["tables"] if t["id"] == "p4_perturbation")
+    next(r for r in table["paper_rows"] if r["key"] == "grayscale_encdec")["top1"] = 12.34
+    (tmp_path / "ref.yaml").write_text(yaml.safe_dump(ref))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"perturb": {"examples": 1, "blur_kernels": [], "blur_sigmas": [],
+                                                  "channel_orders": [], "salt_pepper_rates": []},
+                                      "hardware": {"progress": "none"}}))
+    out = tmp_path / "out"
+    stage.main(["--dataset", "rgb", "--data", str(tmp_path / "raw" / "rgb"), "--reference", str(tmp_path / "ref.yaml"),
+                "--encdec", str(tmp_path / "encdec.pt"), "--metrics", str(out / "p.json"),
+                "--table", str(out / "p.md"), "--figures", str(out / "figs"), "--params", str(params)])
+    assert load_json(out / "p.json")["paper"]["grayscale_top1"] == 12.34
+    assert "grayscale input, 12.34 % top-1" in (out / "p.md").read_text()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+
+from cnnvis.io import Saved
 
 MAP_CMAP = "inferno"
 
@@ -110,7 +113,7 @@ def same_class_maps(images: torch.Tensor, maps: torch.Tensor, names: list[str], 
     return fig
 
 
-def study(per_class_settle: list[float | None], per_class_top1: list[float | None], classes: list[str],
+def study_figure(per_class_settle: list[float | None], per_class_top1: list[float | None], classes: list[str],
           per_image: dict[str, torch.Tensor], dataset: str) -> Figure:
     """The measured section 5: settle epoch vs accuracy, similarity correct vs wrong, confidence vs sharpness."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
@@ -147,33 +150,30 @@ def study(per_class_settle: list[float | None], per_class_top1: list[float | Non
     return fig
 
 
-def encdec_figures(*, images: torch.Tensor, labels: torch.Tensor, maps: torch.Tensor, logits: torch.Tensor,
-                   classes: list[str], probe_index: torch.Tensor, snapshot_epochs: list[float],
-                   snapshot_maps: torch.Tensor, per_class_settle: list, per_class_top1: list,
-                   per_image: dict[str, torch.Tensor], examples: int, seed: int, dataset: str,
-                   max_rows: int = 10) -> dict[str, Figure]:
-    """Every figure of the stage, by file stem. Samples are chosen with ``seed``."""
-    g = torch.Generator().manual_seed(seed)
-    pred = logits.argmax(1)
-    correct = pred == labels
-    figs: dict[str, Figure] = {}
+def encdec_figures(study: Any, max_rows: int = 10) -> Iterator[tuple[str, Saved]]:
+    """Every figure of stage train-encdec from its ``cnnvis.studies.encdec.EncDecStudy``, as (file stem, Saved),
+    each drawn when it is asked for. Samples are chosen with ``study.config.seed`` (in this order)."""
+    images, labels, maps, logits = study.images, study.labels, study.maps, study.logits
+    classes, dataset, snaps = study.classes, study.dataset, study.snapshots
+    g = torch.Generator().manual_seed(study.config.seed)
+    correct = logits.argmax(1) == labels
 
     # Figs 3-5: at most one probe per class, at most max_rows rows
-    probe_y = labels[probe_index]
+    probe_y = snaps.probe_label
     first = [int(torch.nonzero(probe_y == c)[0]) for c in probe_y.unique().tolist()][:max_rows]
     p_rows = torch.tensor(first, dtype=torch.long)
-    own = snapshot_maps[:, p_rows, probe_y[p_rows]]  # T×R×m×m
-    snap_pred = snapshot_maps.mean((3, 4)).argmax(2)[:, p_rows]  # T×R
-    figs["fig3_5_map_evolution"] = map_evolution(
-        images[probe_index[p_rows]], [classes[int(y)] for y in probe_y[p_rows]], snapshot_epochs, own,
-        [[classes[int(k)] for k in row] for row in snap_pred], dataset)
+    own = snaps.maps[:, p_rows, probe_y[p_rows]]  # T×R×m×m
+    snap_pred = snaps.maps.mean((3, 4)).argmax(2)[:, p_rows]  # T×R
+    yield "fig3_5_map_evolution", _saved(map_evolution(
+        images[snaps.probe_index[p_rows]], [classes[int(y)] for y in probe_y[p_rows]], list(snaps.epochs), own,
+        [[classes[int(k)] for k in row] for row in snap_pred], dataset))
 
     for name, mask, what in (("fig6_correct", correct, "correct"), ("fig7_wrong", ~correct, "wrong")):
         idx = mask.nonzero().flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)[:examples]].sort().values
-        figs[name] = samples_with_maps(
+        idx = idx[torch.randperm(len(idx), generator=g)[:study.config.examples]].sort().values
+        yield name, _saved(samples_with_maps(
             images[idx], [classes[int(y)] for y in labels[idx]], maps[idx], logits[idx], classes,
-            f"{dataset}: random {what} test predictions — maps of the top classes with confidence P_k")
+            f"{dataset}: random {what} test predictions — maps of the top classes with confidence P_k"))
 
     per_class = 3
     rows, names = [], []
@@ -184,6 +184,10 @@ def encdec_figures(*, images: torch.Tensor, labels: torch.Tensor, maps: torch.Te
             names.append(classes[c])
     if rows:
         idx = torch.cat(rows)
-        figs["fig8_same_class"] = same_class_maps(images[idx], maps[idx, labels[idx]], names, per_class, dataset)
-    figs["study"] = study(per_class_settle, per_class_top1, classes, per_image, dataset)
-    return figs
+        yield "fig8_same_class", _saved(same_class_maps(images[idx], maps[idx, labels[idx]], names, per_class, dataset))
+    yield "study", _saved(study_figure(study.settle["per_class_epoch"], study.settle["per_class_top1"], classes,
+                                       study.per_image, dataset))
+
+
+def _saved(fig: Figure) -> Saved:
+    return Saved(fig, {"dpi": 110, "bbox_inches": "tight"})

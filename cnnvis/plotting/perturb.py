@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from cnnvis.io import Saved
 from cnnvis.plotting.encdec import show_image
 
 
@@ -72,3 +74,14 @@ def summary_bars(rows: list[dict[str, Any]], dataset: str) -> Figure:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def perturbation_figures(study: Any) -> Iterator[tuple[str, Saved]]:
+    """Every figure of stage perturbation-eval from its ``cnnvis.studies.perturb.PerturbStudy``, as (file stem,
+    Saved): one grid per evaluated perturbation, then the summary."""
+    options = {"dpi": 110, "bbox_inches": "tight"}
+    for grid in study.grids:
+        yield f"{grid.perturbation.name}.png", Saved(perturbation_grid(  # stems with dots (salt_pepper_0.0005)
+            study.examples, grid.perturbed, study.example_labels, study.classes, study.models, grid.logits,
+            study.clean_logits, title=f"{study.dataset}: {grid.perturbation.label}"), options)
+    yield "summary", Saved(summary_bars(study.rows, study.dataset), options)

@@ -36,7 +36,10 @@ class PruneConfig:
     """The ``prune`` section of params.yaml (stage ``prune-by-importance``)."""
 
     layers: tuple[str, ...] = opt(())  # conv layers analysed and pruned; empty = every nn.Conv2d
-    max_images: int | None = opt(None, ge=10)  # test images used (seeded subset); null = all
+    max_images: int | None = opt(None, ge=10)  # images ranked and images scored (each a seeded subset); null = all
+    # images the filters are ranked on: heldout = the validation images training set aside (never trained on);
+    # test = the test images the errors are measured on (paper 3's same-set variant)
+    rank_split: str = opt("heldout", choices=("heldout", "test"))
     batch_size: int = opt(100, ge=1)  # images per importance batch (memory: C × batch × conv outputs)
     fd_images: int = opt(2, ge=1)  # finite-difference check: images, weights and filters per layer
     fd_weights_per_layer: int = opt(16, ge=1)
@@ -44,7 +47,7 @@ class PruneConfig:
     fd_epsilon: float = opt(1e-4, gt=0.0, lt=1.0)  # relative step: h = ε·max(1, |w|)
     normalization: str = opt("layer_mean", choices=("layer_mean", "none"))
     fractions: tuple[float, ...] = opt((0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), ge=0.0, lt=1.0, min_length=2)
-    sweep_images: int | None = opt(2000, ge=10)  # test images per sweep point (seeded subset); null = all
+    sweep_images: int | None = opt(2000, ge=10)  # scored test images per sweep point (seeded subset); null = all
     random_repeats: int = opt(3, ge=1)  # random baseline: seeds per fraction (mean ± std)
     min_keep: int = opt(1, ge=1)  # filters kept in every layer whatever the ranking
     table_layer: str | None = opt(None)  # per-class table: layer whose filters are removed; null = first conv

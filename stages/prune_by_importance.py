@@ -6,16 +6,20 @@
         --out data/models/fashion_mnist/pruned.pt --metrics reports/metrics/fashion_mnist/prune.json \
         --table reports/tables/fashion_mnist/pruning_per_class.md --figures reports/figures/fashion_mnist/prune
 
-On the test split (``prune.max_images``: a seeded subset): the importance
-‖∂y_c/∂W_f‖ of every filter of every analysed conv layer for every input and
-class; its finite-difference check in float64; paper 3's per-class table (the
-paper's own rows from ``--reference``, table ``p3_pruning``); the threshold
-sweep against random and L1-norm rankings; the model pruned at
-``prune.prune_fraction`` both masked and physically smaller (Torch-Pruning),
-with parameters, MACs and CPU latency before and after.
-
-With one chain of stages per dataset (foreach) each dataset writes its own
-``reports/tables/<dataset>/pruning_per_class.md``.
+Filters are ranked on one set of images and scored on the test split (each a
+seeded subset of at most ``prune.max_images`` images). ``prune.rank_split``:
+``heldout`` (default) ranks on the validation images that training set aside
+(the checkpoint's own train.val_size and seed, split as ``cnnvis.data.prepare``
+does: never trained on; without them on the training images, and the metrics'
+``ranking`` and the table say so); ``test`` ranks on the scored test images,
+paper 3's same-set variant. Ranking images: importance ‖∂y_c/∂W_f‖ of every
+filter for every input and class, its float64 finite-difference check, the
+§3.2.2 probes. Test images: paper 3's per-class table (paper rows from
+``--reference``, table p3_pruning; the caption names the model, its seed and
+epochs from the checkpoint, and the ranking images), the threshold sweep against
+random and L1-norm rankings, and the model pruned at ``prune.prune_fraction``,
+masked and physically smaller, with parameters, MACs and CPU latency before and
+after. One table per dataset (foreach).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import yaml
 
 from cnnvis import ConfigError
-from cnnvis.config import ModelConfig, parse
+from cnnvis.config import ModelConfig, TrainConfig, parse
 from cnnvis.data import load_npz
 from cnnvis.io import save_figures, save_json, save_text
 from cnnvis.models import load_checkpoint
@@ -40,10 +44,11 @@ def run(ctx: Context) -> dict:
         raise ConfigError(f"{ctx.path('checkpoint')}: trained for {state['spec']['num_classes']} classes but "
                           f"{ctx.path('data')} has {len(raw.classes)}; give the checkpoint of this dataset")
     model_cfg = parse(ModelConfig, state["model"], "checkpoint.model")
-    study = prune_study(model, model_cfg, state["spec"], raw, ctx.section("prune"), progress=ctx.progress)
+    train_cfg = parse(TrainConfig, state["train"], "checkpoint.train") if "train" in state else None
+    study = prune_study(model, model_cfg, state["spec"], raw, ctx.section("prune"), train_cfg=train_cfg,
+                        tag=state.get("tag"), progress=ctx.progress)
     source = str(ctx.path("checkpoint"))
-    return {"out": study.checkpoint(ctx.dataset, source=source),
-            "metrics": study.metrics(ctx.dataset, checkpoint=source, checkpoint_tag=state.get("tag")),
+    return {"out": study.checkpoint(ctx.dataset, source=source), "metrics": study.metrics(ctx.dataset, checkpoint=source),
             "table": study.table(ctx.inputs["reference"]), "figures": prune_figures(study)}
 
 

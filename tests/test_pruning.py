@@ -114,12 +114,11 @@ def test_evaluate_per_class_table_and_sweep(monkeypatch):
 
 
 def test_paper_rows_come_from_the_reference_file():
-    from cnnvis import DataError
     from cnnvis.studies.prune import PaperRow, paper_rows
 
     rows = paper_rows(yaml.safe_load(REFERENCE.read_text()))
     assert rows == (PaperRow("Persian cat", 10.5, 10.5, 14.0), PaperRow("Pembroke", 9.39, 8.83, 15.46))
-    with pytest.raises(DataError, match="p3_pruning"):
+    with pytest.raises(ConfigError, match="p3_pruning"):
         paper_rows({"tables": [{"id": "p1_table1", "paper_rows": []}]})
 
 
@@ -130,15 +129,109 @@ def test_cpu_latency_reports_spread():
     assert model.training
 
 
+# --------------------------------------------------------------------------- the study: ranking vs scoring images
+
+
+def _study_inputs():
+    from cnnvis import data as D
+
+    train_s, test_s, classes = D.make_synthetic(12, 200, 60, seed=0)
+    raw = D.RawDataset("synthetic", train_s, test_s, classes, "synthetic")
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(widths=(4, 6), kernel_sizes=(3, 3), hidden=16), in_channels=1, num_classes=10,
+                        image_size=12).eval()
+    return raw, model
+
+
+def _study(monkeypatch, raw, model, train_cfg, **prune):
+    """The study with compute_importance recorded (the images the filters are ranked on) and per_class_table
+    recorded (the images they are scored on)."""
+    from cnnvis import data as D
+    from cnnvis.config import parse
+    from cnnvis.studies import prune as S
+
+    ranked, scored = [], []
+    real_imp, real_table = S.I.compute_importance, S.P.per_class_table
+    monkeypatch.setattr(S.I, "compute_importance", lambda m, x, y, **kw: ranked.append((x, y)) or real_imp(m, x, y, **kw))
+    monkeypatch.setattr(S.P, "per_class_table", lambda m, x, y, *a, **kw: scored.append((x, y)) or real_table(m, x, y, *a, **kw))
+    cfg = parse(P.PruneConfig, {"fractions": [0.0, 0.5], "random_repeats": 1, "latency_repeats": 3, "latency_batch": 4,
+                                "fd_weights_per_layer": 2, "fd_filters_per_layer": 1, **prune}, "prune")
+    spec = D.prepare(raw, val_size=train_cfg.val_size if train_cfg else 0, seed=train_cfg.seed if train_cfg else 0).spec
+    study = S.prune_study(model, ModelConfig(widths=(4, 6), kernel_sizes=(3, 3), hidden=16), spec, raw, cfg,
+                          train_cfg=train_cfg, tag="adjusted")
+    return study, spec, ranked, scored
+
+
+def test_filters_ranked_on_the_heldout_images_by_default_and_scored_on_test(monkeypatch):
+    from cnnvis import data as D
+    from cnnvis.config import TrainConfig
+
+    raw, model = _study_inputs()
+    tc = TrainConfig(val_size=30, seed=3, epochs=5)
+    study, spec, ranked, scored = _study(monkeypatch, raw, model, tc)
+    td = D.prepare(raw, val_size=30, seed=3)  # the split training made: 30 validation images set aside
+    (xr, yr), (xs, ys) = ranked[0], scored[0]
+    assert torch.equal(ys, td.test_y)
+    torch.testing.assert_close(xr, D.normalize(td.val_x, spec["mean"], spec["std"]), rtol=0, atol=0)
+    assert torch.equal(yr, td.val_y)
+    torch.testing.assert_close(xs, D.normalize(td.test_x, spec["mean"], spec["std"]), rtol=0, atol=0)
+    m = study.metrics("synthetic", checkpoint="model.pt")
+    assert m["ranking"]["split"] == "heldout" and m["ranking"]["images"] == 30 and m["images"] == 60
+    assert "never trained on" in m["ranking"]["images_are"] and m["classes_3_2_2"]["split"] == "heldout"
+    assert sum(r["n"] for r in m["per_class_table"]["rows"]) == 60  # the table counts test images
+    assert m["model"] == {"tag": "adjusted", "name": "p1_cnn", "widths": [4, 6], "seed": 3, "epochs": 5, "val_size": 30}
+    caption = " ".join(study.table(()).split("\n\n")[1].split())
+    assert "the `adjusted` model (p1_cnn [4, 6], seed 3, 5 epochs" in caption
+    assert "30 held-out images" in caption and "`prune.rank_split: heldout`" in caption
+
+
+def test_same_set_option_reproduces_ranking_on_the_scored_test_images(monkeypatch):
+    from cnnvis import data as D
+    from cnnvis import importance as I
+    from cnnvis.config import TrainConfig
+
+    raw, model = _study_inputs()
+    study, spec, ranked, scored = _study(monkeypatch, raw, model, TrainConfig(val_size=30, seed=3), rank_split="test",
+                                         max_images=40)
+    (xr, yr), (xs, ys) = ranked[0], scored[0]
+    assert torch.equal(xr, xs) and torch.equal(yr, ys) and len(ys) == 40  # one seeded subset of the test split
+    # what the stage computed before the option existed: ranked and scored on the same images
+    idx = torch.randperm(60, generator=torch.Generator().manual_seed(0))[:40].sort().values
+    x = D.normalize(D.to_tensor(raw.test.images)[idx], spec["mean"], spec["std"])
+    y = torch.as_tensor(raw.test.labels)[idx]
+    rel = I.compute_importance(model, x, y, batch_size=100).relevance()["features.conv1"]
+    assert study.table_rows == P.per_class_table(model, x, y, rel, "features.conv1", x[:1])
+    assert study.metrics("s", checkpoint="c")["ranking"]["split"] == "test"
+    assert "same-set" in study.table(())
+
+
+@pytest.mark.parametrize("train", ["val_size 0", "no config"])
+def test_without_a_heldout_split_ranks_on_training_images_and_says_so(monkeypatch, train):
+    from cnnvis import data as D
+    from cnnvis.config import TrainConfig
+
+    raw, model = _study_inputs()
+    tc = TrainConfig(val_size=0, seed=0) if train == "val_size 0" else None
+    study, spec, ranked, _ = _study(monkeypatch, raw, model, tc)
+    train_u8 = D.prepare(raw, val_size=0, seed=0).train_x if tc else D.to_tensor(raw.train.images)
+    torch.testing.assert_close(ranked[0][0], D.normalize(train_u8, spec["mean"], spec["std"]), rtol=0, atol=0)
+    m = study.metrics("s", checkpoint="c")
+    assert m["ranking"]["split"] == "train" and "trained on" in m["ranking"]["images_are"]
+    assert "no held-out split" in m["ranking"]["images_are"]
+    assert m["ranking"]["images_are"] in " ".join(study.table(()).split())  # the caption says so too
+    assert (m["model"]["seed"], m["model"]["epochs"]) == ((0, 4) if tc else (None, None))
+
+
 # --------------------------------------------------------------------------- the stage
 
 
 @pytest.mark.slow
 def test_stage_end_to_end(tmp_path):
     """Synthetic data, a briefly trained tiny model: every output written, gradient check passed,
-    pruned.pt physically smaller, loadable alone and as accurate as the masked model."""
+    pruned.pt physically smaller, loadable alone and as accurate as the masked model; filters ranked on the
+    checkpoint's own held-out images, the table names the model with its seed and epochs."""
     from cnnvis import data as D
-    from cnnvis.config import TrainConfig
+    from cnnvis.config import TrainConfig, to_dict
     from cnnvis.io import save_checkpoint
     from cnnvis.models import load_checkpoint
     from cnnvis.training import train
@@ -148,12 +241,13 @@ def test_stage_end_to_end(tmp_path):
     raw = D.RawDataset("synthetic", train_s, test_s, classes, "synthetic")
     (tmp_path / "raw").mkdir()
     D.save_npz(tmp_path / "raw", raw)
-    td = D.prepare(raw, val_size=0, seed=0)
+    tc = TrainConfig(epochs=2, batch_size=32, val_size=50, augment="none", lr=0.05, seed=1)
+    td = D.prepare(raw, val_size=tc.val_size, seed=tc.seed)
     cfg = ModelConfig(widths=(6, 8), kernel_sizes=(3, 3), hidden=16)
     torch.manual_seed(0)
     model = build_model(cfg, in_channels=1, num_classes=10, image_size=16)
-    train(model, td, TrainConfig(epochs=2, batch_size=32, val_size=0, augment="none", lr=0.05))
-    save_checkpoint(tmp_path / "model.pt", model, cfg, td.spec, tag="baseline")
+    train(model, td, tc)
+    save_checkpoint(tmp_path / "model.pt", model, cfg, td.spec, tag="adjusted", train=to_dict(tc))
     params = {"prune": {"batch_size": 50, "fd_weights_per_layer": 4, "fd_filters_per_layer": 3, "fractions": [0.0, 0.5],
                         "sweep_images": 60, "random_repeats": 2, "latency_repeats": 3, "prune_fraction": 0.25},
               "hardware": {"threads": 1, "progress": "none"}}
@@ -168,6 +262,8 @@ def test_stage_end_to_end(tmp_path):
     m = json.loads(out["metrics"].read_text())
     assert m["gradient_check"]["passed"] and m["gradient_check"]["max_rel_error"] < 1e-6
     assert m["images"] == 120 and len(m["per_class_table"]["rows"]) == 10
+    assert m["ranking"]["split"] == "heldout" and m["ranking"]["images"] == 50
+    assert (m["model"]["tag"], m["model"]["seed"], m["model"]["epochs"]) == ("adjusted", 1, 2)
     pr = m["pruned"]
     assert pr["saved_as"] == "physical" and pr["predictions_equal"] and pr["error_masked"] == pr["error_physical"]
     assert pr["params_after"] < pr["params_before"] and pr["macs_after"] < pr["macs_before"]
@@ -181,6 +277,7 @@ def test_stage_end_to_end(tmp_path):
     table = out["table"].read_text()
     assert "| Persian cat (paper 3, CaffeNet) | — | 12.34 | 10.50 | 14.00 | — |" in table
     assert "Pembroke" in table and "bar0" in table
+    assert "the `adjusted` model (p1_cnn [6, 8], seed 1, 2 epochs" in " ".join(table.split())
     pngs = {p.name for p in out["figures"].glob("*.png")}
     assert {"sweep.png", "importance_histogram.png", "same_vs_different_class.png", "threshold_per_class.png",
             "importance_grid_features_conv1.png", "importance_grid_features_conv2.png",

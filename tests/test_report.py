@@ -41,7 +41,8 @@ FIXTURE_METRICS = {
                       "before_top1": {"mean": 98.5, "std": 0.0, "n": 1, "values": [98.5]},
                       "control_top1": {"mean": 98.8, "std": 0.2, "n": 2, "values": [98.6, 99.0]},
                       "recipe": {"epochs": 4}, "seconds": 20.0},
-    "prune.json": {"seconds": 4.0, "per_class_table": {"layer": "features.conv1", "rows": [
+    "prune.json": {"seconds": 4.0, "model": {"tag": "adjusted", "seed": 1, "epochs": 5},
+                   "per_class_table": {"layer": "features.conv1", "rows": [
         {"class": 3, "n": 10, "error": 2.0, "least_filter": 1, "error_least_removed": 2.0, "most_filter": 5,
          "error_most_removed": 7.5}]}},
 }
@@ -166,7 +167,7 @@ def test_rows_from_a_per_class_list_and_a_missing_stage():
     t = R.comparison_table(spec, {"mnist": FIXTURE_METRICS, "digits": {}})
     ours = [r for r in t.rows if r.who == "ours"]
     assert (ours[0].label, ours[0].values) == ("three", {"initial": 2.0, "least": 2.0, "most": 7.5})
-    assert (ours[0].seeds, ours[0].epochs) == ("0", "3")
+    assert (ours[0].seeds, ours[0].epochs) == ("1", "5")  # the analysed model's own, not baseline.json's 0 and 3
     assert ours[1].label == R.MISSING and set(ours[1].values.values()) == {None}
     # a mapping keyed by name works as well as a list
     spec2 = next(t for t in ref["tables"] if t["id"] == "p4_perturbation")

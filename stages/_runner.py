@@ -286,6 +286,7 @@ def load_params(path: Path, sections: Mapping[str, type | None], dataset: str | 
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections")
+    check_composition(Path(path), data)
     out = {}
     for key, schema in sections.items():
         key = key.format(dataset=dataset)
@@ -299,6 +300,43 @@ def load_params(path: Path, sections: Mapping[str, type | None], dataset: str | 
             node = node[part]
         out[key] = parse(schema, node, key) if schema is not None else node
     return out
+
+
+NOT_COMPOSED = ("experiment", "launcher", "local")  # conf/ groups that set other sections, never one of their own
+
+
+def check_composition(path: Path, data: dict) -> None:
+    """Unknown top-level sections (a typo such as ``trian:``) and a params.yaml that no longer equals the
+    composition of conf/ it records (hand-edited, or conf/ changed since) stop the stage with one line."""
+    from stages.compose import RECORD, compose
+
+    conf = ROOT / "conf"
+    known = {p.name for p in conf.iterdir() if p.is_dir() and p.name not in NOT_COMPOSED} | {RECORD}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown section {unknown[0]!r} (sections: {', '.join(sorted(known - {RECORD}))}); "
+                          "a typo? edit conf/ and regenerate it with `python -m stages.compose`")
+    record = data.get(RECORD)
+    if not isinstance(record, dict):
+        log.debug("%s carries no composition record (composed by `dvc exp run`?); its drift from conf/ is not "
+                    "checked", path)
+        return
+    overrides = [str(o) for o in record.get("overrides") or []]
+    with tempfile.TemporaryDirectory(prefix="cnnvis-compose-") as tmp:
+        compose(overrides, Path(tmp) / "params.yaml", conf)
+        composed = yaml.safe_load((Path(tmp) / "params.yaml").read_text())
+    drift = _differences(composed, data)
+    if drift:
+        again = " ".join(["python -m stages.compose", *overrides])
+        raise ConfigError(f"{path}: differs from conf/ composed with {overrides or 'no overrides'} at "
+                          f"{', '.join(drift[:3])}{' …' if len(drift) > 3 else ''}; params.yaml is generated: edit "
+                          f"conf/ (or pass overrides) and run `{again}`")
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str) for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 def check_writable(target: Path, *, directory: bool) -> list[Path]:

@@ -2,7 +2,7 @@
 
     python -m stages.compose                     # write params.yaml
     python -m stages.compose experiment=ci       # with Hydra overrides
-    python -m stages.compose --check             # exit 1 if params.yaml drifted from conf/
+    python -m stages.compose --check             # exit 1 if params.yaml drifted from the composition it records
 """
 
 from __future__ import annotations
@@ -16,12 +16,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def compose(overrides: list[str], out: Path, conf_dir: Path = ROOT / "conf") -> None:
+RECORD = "_compose"  # params.yaml's record of how it was composed: the stages re-check it at every run
+
+
+def compose(overrides: list[str], out: Path, conf_dir: Path = ROOT / "conf", *, record: bool = True) -> None:
+    """conf/ composed with ``overrides`` into ``out`` by DVC's own function, plus the record of the overrides
+    (``_compose.overrides``) the stages use to catch a hand-edited or stale params.yaml."""
+    import yaml
     from dvc.utils.hydra import compose_and_dump
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     compose_and_dump(out, str(conf_dir.resolve()), None, "config", str(ROOT), overrides)
+    if record:
+        with open(out, "a") as fh:
+            fh.write(yaml.safe_dump({RECORD: {"overrides": list(overrides)}}, sort_keys=False))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,6 +41,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--conf", default=str(ROOT / "conf"))
     args = parser.parse_args(argv)
     out = Path(args.out)
+    if args.check and not args.overrides and out.exists():  # check the composition the file records
+        import yaml
+
+        try:
+            record = (yaml.safe_load(out.read_text()) or {}).get(RECORD) or {}
+        except (yaml.YAMLError, AttributeError):
+            record = {}
+        args.overrides = [str(o) for o in record.get("overrides") or []] if isinstance(record, dict) else []
     with tempfile.TemporaryDirectory() as tmp:
         composed = Path(tmp) / "params.yaml"
         try:

@@ -16,10 +16,14 @@ import yaml
 from conftest import ROOT
 
 
+CHECKS = ("params-check",)  # stages that check the workspace and produce nothing (no Stage spec)
+
+
 def dvc_stages():
     doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     for name, stage in doc["stages"].items():
-        yield name, stage.get("do", stage), "foreach" in stage
+        if name not in CHECKS:
+            yield name, stage.get("do", stage), "foreach" in stage
 
 
 def expand(value: str, key: str) -> str:
@@ -226,3 +230,18 @@ def test_no_stage_imports_another_stage():
         own = f"stages/{stage['cmd'].split()[2].split('.')[1]}.py"
         others = sorted(f.relative_to(ROOT).as_posix() for f in project_imports(ROOT / own))
         assert not set(others) & (stage_modules - {own}), f"{own} imports {sorted(set(others) & stage_modules)}"
+
+
+def test_params_check_stage_runs_the_recorded_composition_check(tmp_path):
+    """`dvc repro` starts with params-check: its command fails on a hand-edited params.yaml and passes on the
+    composition it records (here with an override)."""
+    doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["params-check"]
+    assert {"conf", "params.yaml"} <= set(doc["deps"])
+    out = tmp_path / "params.yaml"
+    subprocess.run([sys.executable, "-m", "stages.compose", "--out", str(out), "experiment=ci"], cwd=ROOT, check=True,
+                   capture_output=True)
+    cmd = [*shlex.split(doc["cmd"]), "--out", str(out)]
+    assert subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, capture_output=True).returncode == 0
+    out.write_text(out.read_text().replace("epochs: 2", "epochs: 3", 1))
+    result = subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1 and "differs from the composition of conf/" in result.stderr

@@ -157,3 +157,25 @@ def test_unknown_params_section_value_is_one_line(files, capsys):
     with pytest.raises(SystemExit) as e:
         toy_stage(good_run).main(argv(files, files / "out"))
     assert e.value.code == 2 and "hardware.device = 'tpu': unknown" in capsys.readouterr().err
+
+
+def test_typo_section_is_one_line(files, capsys):
+    (files / "params.yaml").write_text(yaml.safe_dump({"report": {}, "trian": {"epochs": 3}}))
+    with pytest.raises(SystemExit) as e:
+        toy_stage(good_run).main(argv(files, files / "out"))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "unknown section 'trian'" in err and "a typo?" in err
+
+
+def test_hand_edited_params_yaml_stops_the_stage(files, capsys):
+    """A params.yaml that records its composition is re-composed from conf/ and compared at every stage run."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (files / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    toy_stage(good_run).main(argv(files, files / "ok"))  # the composition itself passes
+    params["report"]["decimals"] = 7
+    (files / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(SystemExit) as e:
+        toy_stage(good_run).main(argv(files, files / "out"))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "differs from conf/ composed with no overrides at report.decimals" in err
+    assert leftovers(files / "out") == []

@@ -167,6 +167,7 @@ class ModelConfig:
     kernel_sizes: tuple[int, ...] = opt((3, 3), ge=1, min_length=1)
     batchnorm: bool = opt(False)
     hidden: int = opt(128, ge=0)  # p1_cnn: FC hidden units before the classifier (0 = none)
+    head: str = opt("fc", choices=("fc", "gap"))  # p1_cnn: fc = flatten → FC layers; gap = global avg pool → linear
     dropout: float = opt(0.0, ge=0.0, lt=1.0)
     pretrained: bool = opt(False)  # resnet18/encdec: ImageNet weights (needs internet or cache)
     small_input_stem: bool = opt(True)  # resnet18: 3x3 stride-1 stem, no max-pool, for 28-32 px
@@ -178,6 +179,9 @@ class ModelConfig:
                 f"{section}.kernel_sizes = {list(self.kernel_sizes)}: needs one entry per width "
                 f"({len(self.widths)} widths)"
             )
+        if self.name == "p1_cnn" and self.head == "gap" and self.hidden > 0:
+            raise ConfigError(f"{section}.hidden = {self.hidden}: head gap is one linear layer after the pooling; "
+                              "set hidden: 0")
 
 
 @dataclass(frozen=True)

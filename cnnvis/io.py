@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -199,3 +200,41 @@ def files_below(root: str | os.PathLike, suffixes: Iterable[str]) -> list[Path]:
     root, suffixes = Path(root), {s.lower() for s in suffixes}
     return [f for f in sorted(root.rglob("*")) if root.is_dir() and f.is_file() and f.suffix.lower() in suffixes
             and not any(part.startswith(".") for part in f.relative_to(root).parts)]
+
+
+# --------------------------------------------------------------------------- results vs run record
+
+# keys that say how a run went, not what it found: wall times, rates, thread counts, echoed config
+RUN_KEY = re.compile(r"(^|_)(seconds|ms)$|_s$|per_s$|^timings$|^threads$|^latency_(before|after)$|^speedup"
+                     r"|(^|_)config$|^recipe$")
+
+
+def split_run_record(doc: Any) -> tuple[Any, Any]:
+    """A metrics document → (measured results, run record): every ``RUN_KEY`` at any depth moves to the record,
+    which keeps the document's shape (lists position by position, ``None`` where an item has nothing), so two
+    runs with equal results have equal results files (an empty ``dvc metrics diff``)."""
+    if isinstance(doc, dict):
+        results, record = {}, {}
+        for k, v in doc.items():
+            if RUN_KEY.search(str(k)):
+                record[k] = v
+                continue
+            results[k], sub = split_run_record(v)
+            if sub is not None:
+                record[k] = sub
+        return results, record or None
+    if isinstance(doc, list):
+        pairs = [split_run_record(v) for v in doc]
+        subs = [sub for _, sub in pairs]
+        return [r for r, _ in pairs], subs if any(sub is not None for sub in subs) else None
+    return doc, None
+
+
+def merge_run_record(results: Any, record: Any) -> Any:
+    """Inverse of ``split_run_record``: the whole document for readers that want both (the report)."""
+    if isinstance(results, dict) and isinstance(record, dict):
+        return {**{k: merge_run_record(v, record.get(k)) for k, v in results.items()},
+                **{k: v for k, v in record.items() if k not in results}}
+    if isinstance(results, list) and isinstance(record, list) and len(results) == len(record):
+        return [merge_run_record(r, s) for r, s in zip(results, record, strict=True)]
+    return results if record is None else record if results is None else results

@@ -41,6 +41,7 @@ import yaml
 
 from cnnvis import CnnvisError, ConfigError, DataError
 from cnnvis.config import HardwareConfig, parse
+from cnnvis.io import save_json, split_run_record
 
 log = logging.getLogger("cnnvis")
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +58,7 @@ class Input:
     load: Callable[[Path], Any]
     help: str = ""
     required: bool = True
-    made_by: str | None = None  # the stage that writes it, named in the error when it is missing
+    made_by: str | None = None  # the stage that writes it ("git": a committed file), named when it is missing
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,21 @@ class Stage:
     def flag(name: str) -> str:
         return "--" + name.replace("_", "-")
 
+    @property
+    def all_outputs(self) -> dict[str, Output]:
+        """The declared outputs, plus ``record`` (how the run went) wherever there are ``metrics`` (what it found)."""
+        if "metrics" not in self.outputs:
+            return dict(self.outputs)
+        return {**self.outputs, "record": Output(save_json, required=False, help=(
+            "run record: wall times, threads, echoed config and the environment, kept out of the metrics so "
+            "that equal results give an empty `dvc metrics diff`"))}
+
     def parser(self) -> argparse.ArgumentParser:
         p = argparse.ArgumentParser(prog=f"python -m stages.{self.name.replace('-', '_')}", description=self.doc,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
         if self.per_dataset:
             p.add_argument("--dataset", required=True, help="the dataset of this run (a key of params.yaml's dataset)")
-        for name, spec in {**self.inputs, **self.outputs}.items():
+        for name, spec in {**self.inputs, **self.all_outputs}.items():
             p.add_argument(self.flag(name), dest=name, type=Path, required=spec.required, help=spec.help)
         for name, default in self.scratch.items():
             p.add_argument(self.flag(name), dest=name, type=Path, default=default,
@@ -241,39 +251,55 @@ def execute(stage: Stage, args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     dataset = getattr(args, "dataset", None)
     params = load_params(args.params, {**stage.params, **EXECUTION_SECTIONS}, dataset)
-    targets = {name: getattr(args, name) for name in stage.outputs if getattr(args, name) is not None}
+    outputs = stage.all_outputs
+    targets = {name: getattr(args, name) for name in outputs if getattr(args, name) is not None}
     created: list[Path] = []
     try:
         for name, target in targets.items():
-            created += check_writable(target, directory=stage.outputs[name].directory)
+            created += check_writable(target, directory=outputs[name].directory)
         hw = params["hardware"]
         apply_hardware(hw)
         inputs = {name: load_input(getattr(args, name), spec) for name, spec in stage.inputs.items()
                   if getattr(args, name) is not None}
-        with staged_outputs(targets, stage.outputs) as out:
+        with staged_outputs(targets, outputs) as out:
             ctx = Context(stage, args, dataset, params, inputs, out, hw)
             values = dict(stage.run(ctx) or {})
-            write_outputs(stage, values, out, round(time.perf_counter() - t0, 1))
+            write_outputs(stage, values, out, {"stage_seconds": round(time.perf_counter() - t0, 1),
+                                               "environment": environment(hw)})
     except BaseException:
         _remove_empty(created)
         raise
 
 
-def write_outputs(stage: Stage, values: dict[str, Any], out: Mapping[str, Path], seconds: float) -> None:
-    """Each value with its output's writer into its temporary path; the others ``run`` wrote itself."""
+def write_outputs(stage: Stage, values: dict[str, Any], out: Mapping[str, Path], run: dict[str, Any]) -> None:
+    """Each value with its output's writer into its temporary path; the others ``run`` wrote itself. The metrics
+    are split: measured results stay, how the run went (times, threads, echoed config, ``run``) goes to ``record``."""
     unknown = sorted(set(values) - set(stage.outputs))
     if unknown:
         raise RuntimeError(f"stage {stage.name} returned undeclared outputs {unknown}")
     if isinstance(values.get("metrics"), dict):
-        values["metrics"] = {**values["metrics"], "stage_seconds": seconds}  # the report's per-stage time
+        values["metrics"], record = split_run_record(values["metrics"])
+        values["record"] = {**(record or {}), **run}
     for name, tmp in out.items():
-        write = stage.outputs[name].write
+        write = stage.all_outputs[name].write
         if name in values:
             if write is None:
                 raise RuntimeError(f"stage {stage.name}: output {name} has no writer; write to ctx.out[{name!r}]")
             write(tmp, values[name])
         elif not tmp.exists():
             raise RuntimeError(f"stage {stage.name} did not write its output {name}")
+
+
+def environment(hw: HardwareConfig) -> dict[str, Any]:
+    """Where the stage ran: device, threads, CPU and its vector ISA (results differ in the last bits between
+    AVX2 and AVX-512), GPUs, library versions."""
+    import torch
+
+    from cnnvis import provenance as P
+    from cnnvis.hardware import resolve_device
+
+    return {"device": str(resolve_device(hw)), "threads": torch.get_num_threads(), "cpu": P.cpu_name(),
+            "cpu_isa": P.cpu_isa(), "gpus": P.gpu_names(), "versions": {p: P.version(p) for p in P.PACKAGES}}
 
 
 def load_params(path: Path, sections: Mapping[str, type | None], dataset: str | None) -> dict[str, Any]:
@@ -372,6 +398,8 @@ def _remove_empty(directories: list[Path]) -> None:
 def load_input(path: Path, spec: Input) -> Any:
     """``spec.load(path)``; a missing or unreadable file is one line naming it and what to do."""
     if not path.exists():
+        if spec.made_by == "git":
+            raise DataError(f"{path}: missing; it is committed with the project: restore it with `git checkout -- {path}`")
         how = f"`dvc repro {spec.made_by}`" if spec.made_by else "the stage that writes it (`dvc repro`)"
         raise DataError(f"{path}: missing; run {how} first")
     try:

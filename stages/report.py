@@ -1,7 +1,8 @@
 """Stage `report`: one static page and RESULTS.md from every metrics file, table and figure.
 
-    python -m stages.report --metrics reports/metrics --tables reports/tables --figures reports/figures \
-        --reference reports/paper_reference.yaml --html reports/index.html --markdown reports/RESULTS.md
+    python -m stages.report --metrics reports/metrics --runs reports/runs --tables reports/tables \
+        --figures reports/figures --reference reports/paper_reference.yaml \
+        --html reports/index.html --markdown reports/RESULTS.md
 
 Reads only the datasets selected in params.yaml. Stages that have not run yet
 show as "not run" / "missing", so the page can be built at any point of the DAG.
@@ -19,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from cnnvis import report as R
-from cnnvis.io import files_below, read_json_files, save_text
+from cnnvis.io import files_below, merge_run_record, read_json_files, save_text
 from cnnvis.provenance import provenance
 from stages._runner import Context, Input, Output, Stage
 
@@ -27,7 +28,9 @@ from stages._runner import Context, Input, Output, Stage
 def run(ctx: Context) -> dict:
     cfg, datasets = ctx.section("report"), list(ctx.section("dataset") or {})
     metrics_root, tables_root, figures_root = ctx.inputs["metrics"], ctx.inputs["tables"], ctx.inputs["figures"]
-    metrics = {ds: read_json_files(metrics_root / ds) for ds in datasets}
+    runs = ctx.inputs.get("runs")
+    metrics = {ds: {name: merge_run_record(doc, read_json_files(runs / ds).get(name) if runs else None)
+                    for name, doc in read_json_files(metrics_root / ds).items()} for ds in datasets}
     tables = {f.relative_to(tables_root).as_posix(): f.read_text() for f in files_below(tables_root, (".md", ".csv"))
               if len(f.relative_to(tables_root).parts) == 1 or f.relative_to(tables_root).parts[0] in datasets}
     html_dir = ctx.path("html").parent
@@ -55,9 +58,10 @@ def tree(path: Path) -> Path:
 STAGE = Stage(
     "report", __doc__, run, per_dataset=False,
     params={"report": R.ReportConfig, "dataset": None},
-    inputs={"metrics": Input(tree, "reports/metrics"), "tables": Input(tree, "reports/tables"),
+    inputs={"metrics": Input(tree, "reports/metrics"), "runs": Input(tree, "reports/runs", required=False),
+            "tables": Input(tree, "reports/tables"),
             "figures": Input(tree, "reports/figures"),
-            "reference": Input(lambda p: yaml.safe_load(p.read_text()), "the papers' numbers (committed)")},
+            "reference": Input(lambda p: yaml.safe_load(p.read_text()), "the papers' numbers", made_by="git")},
     outputs={"html": Output(save_text, help="the page"), "markdown": Output(save_text, help="RESULTS.md")},
 )
 main = STAGE.main

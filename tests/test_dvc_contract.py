@@ -84,12 +84,16 @@ def test_paths_in_cmd_are_deps_or_outs(name, stage, foreach):
     for flag in map(spec.flag, spec.inputs):
         for value in flags.get(flag, []):
             assert value in deps, f"{name}: {flag} {value} is read but not a dep"
-    for out_name, out in spec.outputs.items():
+    for out_name, out in spec.all_outputs.items():
         flag = spec.flag(out_name)
         assert flag in flags or not out.required, f"{name}: output flag {flag} missing from cmd"
         for value in flags.get(flag, []):
             assert value in outs, f"{name}: {flag} {value} is written but not an out/metric/plot"
-    known = {spec.flag(n) for n in (*spec.inputs, *spec.outputs, *spec.scratch)} | {"--dataset", "--params"}
+    known = {spec.flag(n) for n in (*spec.inputs, *spec.all_outputs, *spec.scratch)} | {"--dataset", "--params"}
+    if "record" in spec.all_outputs:  # the run record is declared, but never as a metric
+        assert flags.get("--record"), f"{name}: writes metrics, so its cmd must name a --record file"
+        metrics = {expand(m, key) for m in paths(stage.get("metrics"))}
+        assert not set(flags["--record"]) & metrics, f"{name}: the run record must be an out, not a metric"
     assert set(flags) <= known, f"{name}: cmd flags {sorted(set(flags) - known)} are not in the stage's spec"
 
 

@@ -49,13 +49,37 @@ def good_run(ctx: Context) -> dict:
     return {"metrics": {"sum": int(ctx.inputs["arrays"]["x"].sum())}, "table": "| a |\n"}
 
 
-def test_outputs_written_together_with_stage_seconds(files):
+def test_outputs_written_together_with_a_run_record(files):
     out = files / "out"
-    toy_stage(good_run).main(argv(files, out))
-    doc = json.loads((out / "m.json").read_text())
-    assert doc["sum"] == 3 and isinstance(doc["stage_seconds"], float)
+    toy_stage(good_run).main([*argv(files, out), "--record", str(out / "run.json")])
+    assert json.loads((out / "m.json").read_text()) == {"sum": 3}
+    record = json.loads((out / "run.json").read_text())
+    assert isinstance(record["stage_seconds"], float) and record["environment"]["device"] == "cpu"
+    assert record["environment"]["cpu_isa"] and record["environment"]["versions"]["torch"]
     assert (out / "t.md").read_text() == "| a |\n" and (out / "figs" / "f.txt").read_text() == "figure"
-    assert leftovers(out) == ["f.txt", "figs", "m.json", "t.md"]  # no temporary names left
+    assert leftovers(out) == ["f.txt", "figs", "m.json", "run.json", "t.md"]  # no temporary names left
+
+
+def test_metrics_keep_results_and_the_record_keeps_how_the_run_went(files):
+    """Two runs with equal results but other timings give equal metrics files (an empty `dvc metrics diff`)."""
+    from cnnvis.io import merge_run_record
+
+    doc = {"test": {"top1": 91.5}, "train_seconds": 3.0, "config": {"lr": 0.1}, "threads": 2,
+           "history": [{"epoch": 1, "val_top1": 80.0, "seconds": 1.5, "images_per_s": 9.0}],
+           "timings": {"a_s": 1.0}, "rows": [{"name": "x", "top1": 1.0}]}
+    seconds = iter([3.0, 4.0])
+
+    def run(ctx):
+        return {"metrics": {**doc, "train_seconds": next(seconds)}, "table": ""}
+
+    for name in ("a", "b"):
+        toy_stage(run).main([*argv(files, files / name), "--record", str(files / name / "run.json")])
+    a, b = (json.loads((files / n / "m.json").read_text()) for n in "ab")
+    assert a == b == {"test": {"top1": 91.5}, "history": [{"epoch": 1, "val_top1": 80.0}], "rows": [{"name": "x", "top1": 1.0}]}
+    record = json.loads((files / "b" / "run.json").read_text())
+    assert record["train_seconds"] == 4.0 and record["history"] == [{"seconds": 1.5, "images_per_s": 9.0}]
+    whole = merge_run_record(b, record)
+    assert {k: whole[k] for k in doc} == {**doc, "train_seconds": 4.0}
 
 
 def test_failure_after_partial_writes_leaves_nothing(files):
@@ -169,9 +193,11 @@ def test_typo_section_is_one_line(files, capsys):
 
 def test_hand_edited_params_yaml_stops_the_stage(files, capsys):
     """A params.yaml that records its composition is re-composed from conf/ and compared at every stage run."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    (files / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    from stages.compose import compose
+
+    compose([], files / "params.yaml")
     toy_stage(good_run).main(argv(files, files / "ok"))  # the composition itself passes
+    params = yaml.safe_load((files / "params.yaml").read_text())
     params["report"]["decimals"] = 7
     (files / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     with pytest.raises(SystemExit) as e:

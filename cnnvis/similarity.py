@@ -4,12 +4,14 @@ Pipeline for one conv layer (reconstructions ``[N_probe, K, C, H, W]``):
 
 1. grayscale with PIL's "L" weights, each map scaled to 0–255 by its own
    min/max and (by default) rounded to integers, as ``Image.convert("L")`` does;
-2. a map whose value range is (near) zero is *dead* (a kernel that did not
-   fire for that image: its deconvnet reconstruction is all zeros) and gets no
-   fingerprint — dead maps are reported, never counted as duplicates;
-3. resize to 32×32 with PIL's Lanczos filter and the 2-D DCT-II (scipy's
-   unnormalized convention, as imagehash), fused into one linear map per
-   side, keep the 8×8 low-frequency block, threshold it into 64 bits;
+2. a map that is flat — its value range at most ``dead_rel_tol`` × its own
+   largest magnitude — is *dead* (a kernel that did not fire for that image:
+   its deconvnet reconstruction is all zeros) and gets no fingerprint; dead
+   maps are reported, never counted as duplicates. The test looks at the map
+   alone, so a map's status does not depend on the other maps of the batch;
+3. resize to 32×32 with PIL's Lanczos filter, the 2-D DCT-II with
+   ``scipy.fftpack.dct`` along axis 0 then axis 1 (imagehash's calls, run on
+   the whole batch), keep the 8×8 low-frequency block, threshold it into 64 bits;
 4. similarity = 1 − Hamming/64 between every pair of kernels, per probe image,
    averaged over the images where both maps are alive (with the std).
 
@@ -22,21 +24,26 @@ Thresholds (``PhashMethod``):
 - ``simple`` — ``imagehash.phash_simple``: a 1-D DCT along rows only, columns
   1–8 (DC column dropped), compared with their mean.
 
-``median`` and ``simple`` equal imagehash bit for bit on identical 32×32
-grayscale pixels (tests/test_similarity.py). From raw float maps the one
-difference is that PIL rounds the resized image to uint8 before its DCT while
-the fused route does not; ``agreement_with_imagehash`` measures the effect.
+With ``quantize`` (the default) every step is the one imagehash takes on the
+uint8 image of the map: the resize is PIL's 8-bit fixed-point resampling
+(integer weights, rounded and clipped to uint8 after each pass), reproduced
+exactly with float64 matrix products of integers, and the DCT is scipy's own,
+so ``median`` and ``simple`` equal imagehash bit for bit for any map size,
+including maps whose exact DCT has zero coefficients (stripes, symmetric and
+constant images), where any other DCT route leaves ±1e-12 of rounding noise
+that flips bits. Without ``quantize`` the resize uses PIL's Lanczos weights in
+float64 and nothing is rounded.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.fftpack
-import torch
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -48,7 +55,10 @@ log = logging.getLogger(__name__)
 METHODS = ("mean", "median", "simple")
 # PIL's ITU-R 601-2 luma transform for convert("L"): L = R*299/1000 + G*587/1000 + B*114/1000.
 LUMA = np.array([0.299, 0.587, 0.114])
-CHUNK = 1024  # maps per batched GEMM: large enough for BLAS, small enough for the cache
+CHUNK = 256  # maps per batch: BLAS and pocketfft run at speed, the ~2 MB buffers stay in cache
+# PIL's 8-bit resampling (Resample.c): weights in fixed point with 22 fractional bits, so that
+# 255 × the weights' absolute sum fits an int32 accumulator.
+PIL_PRECISION_BITS = 22
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,7 @@ class SimilarityConfig:
     hash_size: int = opt(8, ge=2)  # fingerprint = hash_size² bits (64)
     highfreq_factor: int = opt(4, ge=1)  # maps are resized to hash_size·highfreq_factor (32 px)
     quantize: bool = opt(True)  # round the 0–255 map to integers as PIL's "L" conversion does
-    dead_rel_tol: float = opt(1e-3, ge=0.0, lt=1.0)  # map dead if its range ≤ tol × the largest range in its image
+    dead_rel_tol: float = opt(1e-3, ge=0.0, lt=1.0)  # map dead if its range ≤ tol × its own largest |value|
     dead_kernel_fraction: float = opt(0.9, gt=0.0, le=1.0)  # kernel dead if dead in ≥ this share of probe images
     threshold: float = opt(0.9, gt=0.0, le=1.0)  # near-duplicate: mean similarity ≥ this (Hamming ≤ 6 of 64)
     max_probe_images: int | None = opt(None, ge=1)  # use only the first n probe images
@@ -85,31 +95,44 @@ def to_gray(maps: np.ndarray) -> np.ndarray:
 
 
 def _ranges(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-map min and max of [..., H, W]."""
+    """Per-map min and max of [..., H, W] (NaN if the map holds a NaN)."""
     flat = gray.reshape(*gray.shape[:-2], -1)
     return flat.min(-1), flat.max(-1)
 
 
+def _check_finite(lo: np.ndarray, hi: np.ndarray, what: str = "maps") -> None:
+    """Raise DataError naming how many maps (and the first one's index) hold NaN or inf, from their min/max [...]."""
+    bad = ~(np.isfinite(lo) & np.isfinite(hi))
+    if bad.any():
+        first = np.unravel_index(int(np.flatnonzero(bad)[0]), bad.shape)
+        where = ", ".join(str(int(i)) for i in first)
+        raise DataError(f"{int(bad.sum())} of {bad.size} {what} contain NaN or inf (the first at index [{where}]); "
+                        "a fingerprint of such a map is meaningless")
+
+
 def dead_mask(lo: np.ndarray, hi: np.ndarray, dead_rel_tol: float) -> np.ndarray:
-    """A map is dead when its value range is ≤ ``dead_rel_tol`` × the largest range among the
-    maps sharing its leading index (the same probe image), or exactly zero."""
-    rng = hi.astype(np.float64) - lo
-    ref = rng.max(axis=-1, keepdims=True) if rng.ndim >= 1 else rng
-    return (rng <= dead_rel_tol * ref) | (rng == 0)
+    """A map is dead when it is flat on its own scale: its value range is ≤ ``dead_rel_tol`` × its
+    largest magnitude max(|lo|, |hi|) — all zeros, a constant, or a constant with rounding noise
+    (float16 rounds to within 4.9e-4 relative). Each map is judged alone, whatever else is in the batch."""
+    lo64, hi64 = lo.astype(np.float64), hi.astype(np.float64)
+    return hi64 - lo64 <= dead_rel_tol * np.maximum(np.abs(lo64), np.abs(hi64))
 
 
 def scale_to_255(gray: np.ndarray, *, dead_rel_tol: float, quantize: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Min-max scale each map [..., H, W] to 0–255 (float32; dead maps all 0); also the dead mask [...]."""
+    """Min-max scale each map [..., H, W] to 0–255 (float64; dead maps all 0); also the dead mask [...]."""
     gray = np.asarray(gray, dtype=np.float32)
     lo, hi = _ranges(gray)
+    _check_finite(lo, hi)
     dead = dead_mask(lo, hi, dead_rel_tol)
     return _scale(gray, lo, hi, dead, quantize), dead
 
 
-def _scale(gray: np.ndarray, lo: np.ndarray, hi: np.ndarray, dead: np.ndarray, quantize: bool) -> np.ndarray:
+def _scale(gray: np.ndarray, lo: np.ndarray, hi: np.ndarray, dead: np.ndarray, quantize: bool,
+           out: np.ndarray | None = None) -> np.ndarray:
     """(gray − lo) · 255/(hi − lo) per map, float64 (the DCT's precision, as imagehash's scipy route)."""
     gain = np.where(dead, 0.0, 255.0 / np.where(dead, 1.0, hi.astype(np.float64) - lo))
-    out = np.empty(gray.shape, dtype=np.float64)
+    if out is None:
+        out = np.empty(gray.shape, dtype=np.float64)
     np.subtract(gray, lo[..., None, None], out=out)
     out *= gain[..., None, None]
     if quantize:
@@ -117,70 +140,151 @@ def _scale(gray: np.ndarray, lo: np.ndarray, hi: np.ndarray, dead: np.ndarray, q
     return out
 
 
+def _lanczos3(x: float) -> float:
+    """PIL's Lanczos kernel: sinc(x)·sinc(x/3) on [−3, 3), with PIL's operations in PIL's order."""
+    if not -3.0 <= x < 3.0:
+        return 0.0
+    return _sinc(x) * _sinc(x / 3)
+
+
+def _sinc(x: float) -> float:
+    if x == 0.0:
+        return 1.0
+    x = x * math.pi
+    return math.sin(x) / x  # libm's sin, as PIL's C code (numpy's vectorized sin may differ in the last bit)
+
+
 @functools.lru_cache(maxsize=32)
 def lanczos_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """R [n_out, n_in] with R @ x = PIL's Lanczos resize of a 1-D signal x (float mode "F").
+    """R [n_out, n_in] (read-only) with R @ x = PIL's Lanczos resize of a 1-D signal x in float mode "F"
+    (PIL rounds that mode's output to float32; R keeps PIL's float64 weights).
 
-    Built from PIL itself (the resize of each unit impulse), so it is PIL's filter
-    by construction; PIL resizes separably, so a 2-D resize is R_h @ X @ R_w.T.
+    PIL resamples separably, horizontally then vertically; each output sample is the weighted
+    sum of the inputs within 3·max(1, n_in/n_out) of its centre, the weights normalized to sum 1.
     """
-    from PIL import Image
-
-    if n_in == n_out:
-        return np.eye(n_in)  # PIL returns a copy for an unchanged size
-    cols = []
-    for j in range(n_in):
-        row = np.zeros((1, n_in), dtype=np.float32)
-        row[0, j] = 1.0
-        out = Image.fromarray(row, mode="F").resize((n_out, 1), Image.Resampling.LANCZOS)
-        cols.append(np.asarray(out, dtype=np.float64)[0])
-    return np.stack(cols, axis=1)
-
-
-@functools.lru_cache(maxsize=32)
-def dct_matrix(n: int) -> np.ndarray:
-    """D [n, n] with D @ x = scipy.fftpack.dct(x) (type II, unnormalized, as imagehash)."""
-    return scipy.fftpack.dct(np.eye(n), axis=0)
-
-
-@functools.lru_cache(maxsize=32)
-def _projections(method: str, h: int, w: int, hash_size: int, side: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(left [hash_size, H], right [hash_size, W]) with block = left @ X @ right.T (resize and DCT fused)."""
-    d = dct_matrix(side)
-    rh, rw = lanczos_matrix(h, side), lanczos_matrix(w, side)
-    if method == "simple":
-        left = rh[:hash_size]  # rows 0..7 of the resized image, no DCT along axis 0
-        right = d[1 : hash_size + 1] @ rw  # DCT along axis 1, DC column dropped
+    r = np.zeros((n_out, n_in))
+    if n_in == n_out:  # PIL returns a copy for an unchanged size
+        np.fill_diagonal(r, 1.0)
     else:
-        left = d[:hash_size] @ rh  # resize then DCT along axis 0
-        right = d[:hash_size] @ rw
-    return torch.from_numpy(left), torch.from_numpy(right)
+        scale = n_in / n_out
+        filterscale = max(scale, 1.0)
+        support, inv = 3.0 * filterscale, 1.0 / filterscale
+        for i in range(n_out):
+            centre = (i + 0.5) * scale
+            first = max(int(centre - support + 0.5), 0)  # int() truncates toward zero, as C's cast
+            stop = min(int(centre + support + 0.5), n_in)
+            w = [_lanczos3((j - centre + 0.5) * inv) for j in range(first, stop)]
+            total = 0.0
+            for v in w:  # left to right, as PIL sums them
+                total += v
+            r[i, first:stop] = [v / total for v in w] if total != 0.0 else w
+    r.flags.writeable = False
+    return r
+
+
+@functools.lru_cache(maxsize=32)
+def _pil_8bit_weights(n_in: int, n_out: int) -> np.ndarray:
+    """PIL's weights for mode "L" [n_out, n_in] (read-only): the float weights rounded half away from
+    zero to multiples of 2^-22, the integers PIL's fixed point holds, divided by 2^22."""
+    k = lanczos_matrix(n_in, n_out) * float(1 << PIL_PRECISION_BITS)
+    k = np.trunc(k + np.where(k < 0, -0.5, 0.5)) / float(1 << PIL_PRECISION_BITS)
+    k.flags.writeable = False
+    return k
+
+
+def _to_u8(acc: np.ndarray) -> np.ndarray:
+    """PIL's 8-bit output of its accumulator, in place: (Σ pixel·weight + 2^21) >> 22 clipped to 0–255,
+    here with the weights already divided by 2^22."""
+    acc += 0.5
+    np.floor(acc, out=acc)
+    return np.clip(acc, 0.0, 255.0, out=acc)
+
+
+class _ChunkHasher:
+    """Hashes chunks of up to ``chunk`` maps [n, H, W] (float64, 0–255) into bits [n, hash_size²],
+    reusing its buffers: fresh multi-megabyte arrays for every chunk cost more in page faults
+    than the arithmetic.
+
+    Resize: PIL resizes horizontally, then vertically, skipping a pass whose size does not change.
+    ``quantized``: the maps hold integers 0–255 and the resize is PIL's of that uint8 ("L") image,
+    rounded after each pass as PIL does. Every product and partial sum is then a multiple of
+    2^-22 below 2^10, exact in float64, so the BLAS summation order changes nothing.
+    DCT: imagehash's ``scipy.fftpack.dct`` calls on the batch. Every 1-D transform is pocketfft's
+    on the same numbers, so batching changes no bit (checked by the tests); the second pass of
+    phash is needed only for the first hash_size rows.
+    """
+
+    def __init__(self, h: int, w: int, method: str, hash_size: int, highfreq_factor: int, quantized: bool,
+                 chunk: int) -> None:
+        side = hash_size * highfreq_factor
+        rows = hash_size if method == "simple" else side  # output rows y that the DCT reads
+        weights = _pil_8bit_weights if quantized else lanczos_matrix
+        self.h, self.w, self.side, self.rows = h, w, side, rows
+        self.method, self.hash_size, self.quantized = method, hash_size, quantized
+        self.horizontal = weights(w, side)  # [side, W]
+        self.vertical_t = weights(h, side)[:rows].T  # [H, rows]
+        # transposed layout [n, x, y]: the vertical pass is one GEMM, the image columns contiguous
+        self.wide = np.empty((chunk, side, h))
+        self.small = np.empty((chunk, side, rows))
+        self.low = np.empty((chunk, side, hash_size)) if method != "simple" else None
+
+    def resized(self, x: np.ndarray) -> np.ndarray:
+        """Maps [n, H, W] → their resize, transposed [n, side (x), rows (y)] (a view of a buffer)."""
+        n, side, rows = len(x), self.side, self.rows
+        wide, small = self.wide[:n], self.small[:n]
+        if self.w != side:
+            np.matmul(self.horizontal, x.transpose(0, 2, 1), out=wide)
+            if self.quantized:
+                _to_u8(wide)
+        else:
+            np.copyto(wide, x.transpose(0, 2, 1))
+        if self.h != side:
+            np.matmul(wide.reshape(n * side, self.h), self.vertical_t, out=small.reshape(n * side, rows))
+            if self.quantized:
+                _to_u8(small)
+        else:
+            np.copyto(small, wide[:, :, :rows])
+        return small
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        n, hs = len(x), self.hash_size
+        small = self.resized(x)
+        if self.method == "simple":  # phash_simple: dct(pixels) along axis 1, rows < hs, columns 1..hs
+            coef = scipy.fftpack.dct(small, axis=1, overwrite_x=True)[:, 1 : hs + 1]  # [n, u, y]
+            return _threshold(coef.transpose(0, 2, 1), self.method)
+        # phash: dct(dct(pixels, axis=0), axis=1)[:hs, :hs]
+        cols = scipy.fftpack.dct(small, axis=2, overwrite_x=True)  # [n, x, v]
+        low = self.low[:n]
+        np.copyto(low, cols[:, :, :hs])
+        block = scipy.fftpack.dct(low, axis=1, overwrite_x=True)[:, :hs]  # [n, u, v]
+        return _threshold(block.transpose(0, 2, 1), self.method)  # [n, v, u]: imagehash's dct[v, u]
 
 
 def _threshold(block: np.ndarray, method: str) -> np.ndarray:
-    """block [n, B] float64 → bits [n, B] bool."""
-    b = block.shape[1]
-    if method == "median":  # numpy's median of an even count: the mean of the two middle values
-        mid = sorted({(b - 1) // 2, b // 2})
-        thr = np.partition(block, mid, axis=1)[:, mid].mean(1, keepdims=True)
+    """DCT coefficients [n, hash_size, hash_size] (each map's ``dctlowfreq`` in imagehash) → bits [n, hash_size²].
+
+    Each threshold is computed as imagehash's numpy call computes it, so it rounds alike: a median
+    is (a + b)/2 of the two middle values whatever finds them; a mean is numpy's pairwise sum of
+    the row-major coefficients (the layout of imagehash's 2-D view, checked by the tests).
+    """
+    n, b = len(block), block.shape[1] * block.shape[2]
+    flat = np.ascontiguousarray(block).reshape(n, b)
+    if method == "median":
+        srt = np.sort(flat, axis=1)  # faster than np.partition here (numpy's SIMD sort)
+        thr = (srt[:, (b - 1) // 2] + srt[:, b // 2]) * 0.5
     elif method == "simple":
-        thr = block.mean(1, keepdims=True)
+        thr = flat.mean(1)
     else:  # the mean of the AC coefficients (hackerfactor); the DC bit stays in the hash
-        thr = block[:, 1:].mean(1, keepdims=True)
-    return block > thr
-
-
-def _hash_chunk(x: np.ndarray, method: str, hash_size: int, side: int) -> np.ndarray:
-    """0–255 maps [n, H, W] float64 → bits [n, hash_size²] (imagehash's row-major order)."""
-    left, right = _projections(method, x.shape[-2], x.shape[-1], hash_size, side)
-    block = (left @ torch.from_numpy(x) @ right.T).numpy().reshape(len(x), -1)  # torch: one batched GEMM
-    return _threshold(block, method)
+        thr = flat[:, 1:].mean(1)
+    return flat > thr[:, None]
 
 
 def phash_bits(pixels: np.ndarray, method: str = "mean", *, hash_size: int = 8, highfreq_factor: int = 4,
-               chunk: int = CHUNK) -> np.ndarray:
+               chunk: int = CHUNK, quantize: bool = True) -> np.ndarray:
     """Fingerprint bits of grayscale maps [..., H, W] with values in 0–255 → bool [..., hash_size²].
 
+    ``quantize``: the maps are hashed as the uint8 images PIL would hold (rounded to the nearest
+    integer, clipped to 0–255), bit for bit as imagehash does; otherwise as floats, unrounded.
     Bit order is imagehash's (``ImageHash.hash.flatten()``, row-major).
     """
     if method not in METHODS:
@@ -188,10 +292,13 @@ def phash_bits(pixels: np.ndarray, method: str = "mean", *, hash_size: int = 8, 
     pixels = np.asarray(pixels)
     lead, (h, w) = pixels.shape[:-2], pixels.shape[-2:]
     flat = np.ascontiguousarray(pixels, dtype=np.float64).reshape(-1, h, w)
-    side = hash_size * highfreq_factor
+    _check_finite(*_ranges(flat), what="images")
+    if quantize:
+        flat = np.clip(np.rint(flat), 0.0, 255.0)
+    hasher = _ChunkHasher(h, w, method, hash_size, highfreq_factor, quantize, max(1, min(chunk, len(flat))))
     out = np.empty((len(flat), hash_size * hash_size), dtype=bool)
     for s in range(0, len(flat), chunk):
-        out[s : s + chunk] = _hash_chunk(flat[s : s + chunk], method, hash_size, side)
+        out[s : s + chunk] = hasher(flat[s : s + chunk])
     return out.reshape(*lead, hash_size * hash_size)
 
 
@@ -200,21 +307,24 @@ def hash_maps(maps: np.ndarray, cfg: SimilarityConfig, *, chunk: int = CHUNK,
     """Raw maps [..., C, H, W] → (bits [..., B] bool, dead [...], 0–255 pixels [..., H, W] or None).
 
     Chunked so that 10⁵ maps never materialize a float64 copy; dead maps get all-zero bits.
+    Raises DataError if a map holds NaN or inf.
     """
     gray = to_gray(maps)
     lead, (h, w) = gray.shape[:-2], gray.shape[-2:]
     lo, hi = _ranges(gray)
+    _check_finite(lo, hi)
     dead = dead_mask(lo, hi, cfg.dead_rel_tol)
     g, lo_f, hi_f, dead_f = gray.reshape(-1, h, w), lo.reshape(-1), hi.reshape(-1), dead.reshape(-1)
-    side = cfg.hash_size * cfg.highfreq_factor
+    chunk = max(1, min(chunk, len(g)))
+    hasher = _ChunkHasher(h, w, cfg.method, cfg.hash_size, cfg.highfreq_factor, cfg.quantize, chunk)
     bits = np.empty((len(g), cfg.bits), dtype=bool)
     pixels = np.empty((len(g), h, w), dtype=np.float64) if return_pixels else None
+    buf = None if return_pixels else np.empty((chunk, h, w))
     for s in range(0, len(g), chunk):
         sl = slice(s, s + chunk)
-        px = _scale(g[sl], lo_f[sl], hi_f[sl], dead_f[sl], cfg.quantize)
-        bits[sl] = _hash_chunk(px, cfg.method, cfg.hash_size, side)
-        if pixels is not None:
-            pixels[sl] = px
+        px = _scale(g[sl], lo_f[sl], hi_f[sl], dead_f[sl], cfg.quantize,
+                    out=pixels[sl] if pixels is not None else buf[: len(g[sl])])
+        bits[sl] = hasher(px)
     bits[dead_f] = False
     return (bits.reshape(*lead, cfg.bits), dead,
             None if pixels is None else pixels.reshape(*lead, h, w))
@@ -288,12 +398,11 @@ def fingerprints(recon: np.ndarray, cfg: SimilarityConfig, *,
                  return_pixels: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Reconstructions [N, K, C, H, W] → (bits [N, K, B] bool, dead [N, K], pixels [N, K, H, W] 0–255 or None).
 
-    ``return_pixels=False`` keeps ``hash_maps`` chunked (no float64 copy of every map)."""
+    ``return_pixels=False`` keeps ``hash_maps`` chunked (no float64 copy of every map).
+    Raises DataError if a map holds NaN or inf, naming how many and the first one's [n, k]."""
     recon = np.asarray(recon)
     if recon.ndim != 5:
         raise DataError(f"reconstructions: expected [N_probe, K, C, H, W], got shape {recon.shape}")
-    if not np.isfinite(recon).all():
-        raise DataError("reconstructions contain NaN or inf; recompute them (visualize stage)")
     return hash_maps(recon, cfg, return_pixels=return_pixels)
 
 

@@ -22,3 +22,13 @@ def test_paired_ratio_is_the_median_of_per_round_ratios():
     assert paired(times, "peer") == (3.0, 1.0, 10.0)
     with pytest.raises(ValueError):
         paired({"ours": [1.0], "peer": [1.0, 2.0]}, "peer")
+
+
+def test_phash_benchmark_runs_and_checks_bit_exactness(capsys):
+    from benchmarks import phash
+
+    phash.main(["--maps", "300", "--reference-maps", "40", "--fingerprints", "64", "--reference-pairs", "100",
+                "--repeat", "1"])
+    out = capsys.readouterr().out
+    assert "bit-exact with imagehash.phash: the 40 maps timed below: True; stripes and a constant image: True" in out
+    assert "fingerprints, 28x28 float maps" in out and "pairwise Hamming" in out

@@ -29,46 +29,139 @@ def to_255(x: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- parity with imagehash
 
+KINDS = ("noise", "smooth", "ramp_x", "ramp_y", "stripes_x", "stripes_y", "mirror_x", "mirror_xy", "checkerboard",
+         "constant", "square")
+SIZES = ((32, 32), (28, 28), (64, 64), (20, 45))  # (H, W): no resize, up, down, neither square nor one direction
 
-@pytest.mark.parametrize("kind", ["noise", "smooth"])
-def test_bits_equal_imagehash_on_identical_32px_inputs(kind):
-    rng = np.random.default_rng(1)
-    px = rng.integers(0, 256, (200, 32, 32)).astype(np.float64) if kind == "noise" else to_255(smooth_maps(200, 32))
+
+def images(kind: str, h: int, w: int, n: int = 12, seed: int = 0) -> np.ndarray:
+    """n uint8 images [n, H, W] of one kind, drawn at random within the kind."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:h, :w]
+    out = []
+    for _ in range(n):
+        if kind == "noise":
+            a = rng.integers(0, 256, (h, w))
+        elif kind == "smooth":
+            a = to_255(gaussian_filter(rng.normal(size=(h, w)), rng.uniform(1.0, 4.0)))
+        elif kind in ("ramp_x", "ramp_y"):  # constant along the other axis: DCT rows/columns exactly 0
+            a = np.rint((x if kind == "ramp_x" else y) * rng.uniform(1.0, 255 / max(h, w))) + 0 * (x + y)
+        elif kind in ("stripes_x", "stripes_y"):
+            period, lo, hi = rng.integers(1, 6), rng.integers(0, 128), rng.integers(128, 256)
+            a = np.where(((x if kind == "stripes_x" else y) // period) % 2 == 0, lo, hi)
+        elif kind == "mirror_x":  # left-right symmetric: odd horizontal frequencies exactly 0
+            half = rng.integers(0, 256, (h, (w + 1) // 2))
+            a = np.concatenate([half, half[:, ::-1][:, w % 2 :]], axis=1)
+        elif kind == "mirror_xy":
+            q = rng.integers(0, 256, ((h + 1) // 2, (w + 1) // 2))
+            a = np.concatenate([q, q[:, ::-1][:, w % 2 :]], axis=1)
+            a = np.concatenate([a, a[::-1][h % 2 :]], axis=0)
+        elif kind == "checkerboard":
+            period = rng.integers(1, 6)
+            a = ((x // period + y // period) % 2) * 255
+        elif kind == "constant":  # every AC coefficient exactly 0
+            a = np.full((h, w), rng.integers(0, 256))
+        else:  # one bright square on black
+            side = rng.integers(1, min(h, w) // 2 + 1)
+            i, j = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+            a = np.zeros((h, w))
+            a[i : i + side, j : j + side] = 255
+        out.append(a)
+    return np.stack(out).astype(np.uint8)
+
+
+def imagehash_reference(u8: np.ndarray, fn, **kw) -> np.ndarray:
+    return np.stack([fn(Image.fromarray(m, mode="L"), **kw).hash.flatten() for m in u8])
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("kind", KINDS)
+def test_bits_equal_imagehash(kind, size):
+    """Every bit equals imagehash's, the ones from zero DCT coefficients included (ragged chunks of 5)."""
+    u8 = images(kind, *size)
+    px = u8.astype(np.float64)
     for method, fn in (("median", imagehash.phash), ("simple", imagehash.phash_simple)):
-        ours = S.phash_bits(px, method)
-        ref = np.stack([fn(Image.fromarray(p.astype(np.uint8), mode="L")).hash.flatten() for p in px])
-        assert np.array_equal(ours, ref), method
-        packed = S.pack_bits(ours)
-        hexes = [int(str(fn(Image.fromarray(p.astype(np.uint8), mode="L"))), 16) for p in px[:20]]
-        assert packed[:20].tolist() == hexes
+        ours = S.phash_bits(px, method, chunk=5)
+        assert np.array_equal(ours, imagehash_reference(u8, fn)), method
+        assert S.pack_bits(ours).tolist() == [int(str(fn(Image.fromarray(m, mode="L"))), 16) for m in u8]
+    assert np.array_equal(S.phash_bits(px, "mean", chunk=5), S.imagehash_bits(px, "mean"))
+
+
+@pytest.mark.parametrize(("hash_size", "highfreq_factor"), [(4, 4), (5, 4), (8, 2), (16, 4)])
+def test_bits_equal_imagehash_at_other_hash_sizes(hash_size, highfreq_factor):
+    kw = {"hash_size": hash_size, "highfreq_factor": highfreq_factor}
+    for kind in ("noise", "stripes_x", "mirror_xy", "constant"):
+        u8 = images(kind, 28, 28, n=7, seed=1)
+        for method, fn in (("median", imagehash.phash), ("simple", imagehash.phash_simple)):
+            ours = S.phash_bits(u8.astype(np.float64), method, chunk=3, **kw)
+            assert np.array_equal(ours, imagehash_reference(u8, fn, **kw)), (kind, method)
+        assert np.array_equal(S.phash_bits(u8, "mean", **kw), S.imagehash_bits(u8, "mean", **kw)), kind
+
+
+def test_a_ramp_hashes_as_imagehash():
+    """A horizontal ramp: all but the first row of the DCT block is exactly 0 (one bit set in imagehash)."""
+    ramp = np.repeat(np.arange(0, 256, 8, dtype=np.uint8)[None], 32, 0)
+    want = int(str(imagehash.phash(Image.fromarray(ramp, mode="L"))), 16)
+    assert want == 0x8000000000000000
+    assert int(S.pack_bits(S.phash_bits(ramp, "median"))) == want
 
 
 def test_mean_method_is_the_hackerfactor_phash():
     """'mean' = 2-D DCT of the 32×32 pixels (scipy, as imagehash), 8×8 block, compared with the mean of its AC terms."""
-    px = to_255(smooth_maps(50, 32, seed=3))
+    px = np.concatenate([to_255(smooth_maps(50, 32, seed=3)), images("mirror_x", 32, 32), images("constant", 32, 32)])
     ours = S.phash_bits(px, "mean")
     for p, bits in zip(px, ours, strict=True):
         block = scipy.fftpack.dct(scipy.fftpack.dct(p, axis=0), axis=1)[:8, :8]
         assert np.array_equal(bits, (block > block.flatten()[1:].mean()).flatten())
-    assert np.array_equal(ours, S.imagehash_bits(px, "mean"))
 
 
-def test_matrices_are_the_libraries_operators():
-    x = np.random.default_rng(0).normal(size=(32, 5))
-    assert np.allclose(S.dct_matrix(32) @ x, scipy.fftpack.dct(x, axis=0))
-    img = np.random.default_rng(1).random((28, 28)).astype(np.float32) * 255
+def test_thresholds_round_as_imagehash_numpy_calls():
+    """±1e17 among N(0, 1) coefficients: which small terms the sum absorbs depends on its order, so the mean (and
+    the bits) are imagehash's only if the order is numpy's on imagehash's layout."""
+    rng = np.random.default_rng(0)
+    dct = rng.normal(size=(300, 8, 32))
+    for d in dct:
+        i, j = np.unravel_index(rng.choice(64, 2, replace=False), (8, 8))
+        d[i, 1 + j] = (1e17, -1e17)
+    low = dct[:, :, 1:9]  # phash_simple's dctlowfreq, a view of the same layout
+    want = np.stack([(d > d.mean()).flatten() for d in low])
+    assert np.array_equal(S._threshold(low, "simple"), want)
+    sequential = np.stack([(d > np.cumsum(d.flatten())[-1] / 64).flatten() for d in low])
+    assert not np.array_equal(sequential, want)  # another summation order does flip bits here
+    block = dct[:, :, :8]
+    want = np.stack([(d > np.median(d)).flatten() for d in block])
+    assert np.array_equal(S._threshold(block, "median"), want)
+
+
+def test_resize_is_pils_exactly():
+    """The batched resize = PIL's Lanczos resize of each uint8 image ("L"), pixel for pixel; float weights = mode "F"."""
+    rng = np.random.default_rng(0)
+    for h, w in ((28, 28), (20, 45), (64, 64), (100, 37), (7, 9), (33, 31)):
+        u8 = rng.integers(0, 256, (40, h, w)).astype(np.uint8)
+        hasher = S._ChunkHasher(h, w, "median", 8, 4, True, len(u8))
+        ours = hasher.resized(u8.astype(np.float64)).transpose(0, 2, 1)
+        pil = np.stack([np.asarray(Image.fromarray(m, mode="L").resize((32, 32), Image.Resampling.LANCZOS))
+                        for m in u8])
+        assert np.array_equal(ours, pil), (h, w)
+        impulses = np.eye(w, dtype=np.float32)[:, None, :]  # one row image per input sample
+        pil_f = np.stack([np.asarray(Image.fromarray(r, mode="F").resize((32, 1), Image.Resampling.LANCZOS))[0]
+                          for r in impulses], axis=1)
+        assert np.array_equal(S.lanczos_matrix(w, 32).astype(np.float32), pil_f), w
+    img = rng.random((28, 28)).astype(np.float32) * 255
     pil = np.asarray(Image.fromarray(img, mode="F").resize((32, 32), Image.Resampling.LANCZOS))
     r = S.lanczos_matrix(28, 32)
     assert np.allclose(r @ img @ r.T, pil, atol=1e-3)
 
 
-def test_raw_float_maps_agree_with_imagehash_route():
+def test_raw_float_maps_hash_as_imagehash():
+    """From raw float maps, with the default quantize, every fingerprint equals imagehash's on the map's uint8 image."""
     recon = smooth_maps(120, seed=5).reshape(4, 30, 1, 28, 28).astype(np.float16)
     for method in S.METHODS:
         agree = S.agreement_with_imagehash(recon, S.SimilarityConfig(method=method), 120)
         assert agree["maps"] == 120
-        assert agree["bit_agreement"] > 0.99, agree  # the fused route skips PIL's uint8 rounding after the resize
-        assert agree["max_hamming"] <= 6, agree
+        assert agree["identical_fraction"] == 1.0 and agree["max_hamming"] == 0, agree
+        unrounded = S.agreement_with_imagehash(recon, S.SimilarityConfig(method=method, quantize=False), 120)
+        assert unrounded["bit_agreement"] > 0.98, unrounded  # no uint8 rounding of the map and of the resize
 
 
 def test_hash_is_invariant_to_gain_and_offset():
@@ -84,6 +177,49 @@ def test_rgb_maps_use_pil_luma():
     u8 = (rgb * 255).round().astype(np.uint8)
     pil = np.stack([np.asarray(Image.fromarray(m.transpose(1, 2, 0), mode="RGB").convert("L")) for m in u8])
     assert np.abs(S.to_gray(u8.astype(np.float32)) - pil).max() <= 0.5 + 1e-4
+
+
+# --------------------------------------------------------------------------- dead and non-finite maps
+
+
+def test_dead_is_judged_per_map_not_against_the_brightest():
+    """One map 10⁹ times brighter than the rest changes neither the others' dead flags nor their bits."""
+    maps = smooth_maps(40, seed=4)[:, None].astype(np.float32)
+    maps[0] *= 1e6
+    maps[1:] *= 1e-3
+    maps[5] = 0.0  # silent
+    maps[6] = 3.0  # constant
+    maps[7] = np.float16(3.0) + np.float16(np.spacing(np.float16(3.0))) * (maps[7] > 0)  # 3.0 and the next float16
+    cfg = S.SimilarityConfig()
+    bits, dead, _ = S.hash_maps(maps, cfg)
+    assert np.flatnonzero(dead).tolist() == [5, 6, 7]
+    alone = np.concatenate([S.hash_maps(m[None], cfg)[0] for m in maps])
+    assert np.array_equal(bits, alone)
+    recon = maps.reshape(4, 10, 1, 28, 28)  # [N, K, C, H, W]: the same maps, 10 kernels per probe image
+    ls = S.layer_similarity(recon, cfg)
+    assert np.array_equal(ls.dead_maps, dead.reshape(4, 10))
+
+
+def test_dead_mask_is_relative_to_the_map_itself():
+    lo = np.array([0.0, 5.0, -1e-9, 1000.0, -2.0])
+    hi = np.array([0.0, 5.004, 1e-9, 1002.0, -2.0])  # ranges vs 1e-3 × max |value|: 0, ≤, >, >, 0
+    assert S.dead_mask(lo, hi, 1e-3).tolist() == [True, True, False, False, True]
+
+
+def test_non_finite_maps_are_rejected_naming_count_and_index():
+    maps = smooth_maps(20, seed=1)[:, None].astype(np.float32)
+    maps[7, 0, 3, 4] = np.nan
+    maps[12, 0, 0, 0] = np.inf
+    with pytest.raises(DataError, match=r"2 of 20 maps contain NaN or inf \(the first at index \[7\]\)"):
+        S.hash_maps(maps, S.SimilarityConfig())
+    recon = recon_with(n=3, k=5).astype(np.float32)
+    recon[1, 3, 0, 10, 10] = -np.inf
+    with pytest.raises(DataError, match=r"1 of 15 maps .* index \[1, 3\]"):
+        S.fingerprints(recon, S.SimilarityConfig())
+    px = np.zeros((3, 32, 32))
+    px[2, 5, 5] = np.nan
+    with pytest.raises(DataError, match=r"1 of 3 images .* index \[2\]"):
+        S.phash_bits(px, "median")
 
 
 # --------------------------------------------------------------------------- Hamming

@@ -360,8 +360,11 @@ def _md_escape(s: Any) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
 
-def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(map(_md_escape, headers)) + " |", "|" + "---|" * len(headers)]
+def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:
+    """The one Markdown table renderer of the project; ``align``: one of "l", "r" per column (default all left)."""
+    marks = {"l": "---|", "r": "---:|"}
+    lines = ["| " + " | ".join(map(_md_escape, headers)) + " |",
+             "|" + "".join(marks[a] for a in (align or "l" * len(headers)))]
     lines += ["| " + " | ".join(map(_md_escape, r)) + " |" for r in rows]
     return "\n".join(lines)
 

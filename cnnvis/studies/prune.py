@@ -248,7 +248,7 @@ class PruneStudy:
         cells += [[self.classes[r["class"]], r["n"], f"{r['error']:.2f}", f"{r['error_least_removed']:.2f}",
                    f"{r['error_most_removed']:.2f}", f"{r['least_filter']}, {r['most_filter']}"] for r in rows]
         table = md_table(["class", "n", "initial error (%)", "least important removed (%)",
-                          "most important removed (%)", "filters (least, most)"], cells)
+                          "most important removed (%)", "filters (least, most)"], cells, align="lrrrrl")
         worse_most = sum(r["error_most_removed"] > r["error"] for r in rows)
         worse_least = sum(r["error_least_removed"] > r["error"] for r in rows)
         tail = ["", f"Removing the most important filter raised the error in {worse_most} of {len(rows)} classes; "

@@ -84,29 +84,59 @@ def test_vertical_slice_rows_are_filter_columns():
         Act.vertical_slice(vol, 4)
 
 
-def test_stage_part_writes_its_files(tmp_path, model):
-    from stages import _viz_synthesis as V
-    from stages._common import Params
+def test_synthesis_study_and_its_figures(tmp_path, model):
+    from cnnvis.config import parse
+    from cnnvis.io import save_figures
+    from cnnvis.plotting.activations import VOLUME_FILE, activation_figures
+    from cnnvis.plotting.synthesis import synthesis_figures
+    from cnnvis.studies.synthesis import synthesis_study
+    from cnnvis.synthesis import SynthesisConfig
 
-    params = Params({"synthesis": {"steps": 3, "max_channels": 4, "inversion_images": 2, "inversion_steps": 3},
-                     "activations": {"kmeans_clusters": [2, 3], "kmeans_n_init": 1}}, V.PARAMS)
+    scfg = parse(SynthesisConfig, {"steps": 3, "max_channels": 4, "inversion_images": 2, "inversion_steps": 3},
+                 "synthesis")
+    acfg = parse(Act.ActivationsConfig, {"kmeans_clusters": [2, 3], "kmeans_n_init": 1}, "activations")
     spec = {"mean": [0.3], "std": [0.35], "classes": ["a", "b", "c"]}
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (9, 1, 12, 12), generator=g, dtype=torch.uint8)
     labels = torch.arange(9) % 3
     before = [p.detach().clone() for p in model.parameters()]
-    metrics = V.run(model, spec, images, labels, params, tmp_path)
+    study = synthesis_study(model, spec, images, labels, scfg, acfg)
     assert model.training and all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    save_figures(tmp_path, [*synthesis_figures(study), *activation_figures(study.activations)])
     written = sorted(p.name for p in tmp_path.iterdir())
-    assert written == sorted((*V.FIGURES, *V.OUTPUTS_EXTRA))
+    assert written == sorted(("p2_fig02_kernels_maps.png", "p2_actmax_classes.png", "p2_actmax_channels.png",
+                              "p2_inversion.png", "p3_activation_grid.png", "p3_volume.png", "p3_kmeans.png",
+                              "p3_pca.png", VOLUME_FILE))
+    metrics = study.metrics()
     assert metrics["actmax_channels"]["channels"] == 4
     assert set(metrics["inversion"]) == {"features.conv1", "features.conv2", "logits"}
-    vol, _ = nrrd.read(str(tmp_path / V.VOLUME_FILE), index_order="C")
+    vol, _ = nrrd.read(str(tmp_path / VOLUME_FILE), index_order="C")
     assert vol.shape == (6, 12, 12)
 
 
+def test_non_conv_layer_has_no_kernels_figure(model):
+    from cnnvis.config import parse
+    from cnnvis.plotting.activations import activation_figures
+    from cnnvis.studies.synthesis import activation_views
+
+    acfg = parse(Act.ActivationsConfig, {"layer": "features.relu1", "kmeans_clusters": [2], "kmeans_n_init": 1},
+                 "activations")
+    images = torch.randint(0, 256, (2, 1, 12, 12), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    views = activation_views(model, {"mean": [0.3], "std": [0.35], "classes": ["a", "b"]}, images,
+                             torch.tensor([0, 1]), acfg)
+    assert views.kernels is None and views.volume.shape == (6, 12, 12)
+    names = []
+    for name, item in activation_figures(views):
+        names.append(name)
+        if item.figure is not None:
+            import matplotlib.pyplot as plt
+
+            plt.close(item.figure)
+    assert "p2_fig02_kernels_maps" not in names and "p3_activation_grid" in names
+
+
 def test_volume_file_is_byte_reproducible(tmp_path):
-    from stages._viz_synthesis import write_volume
+    from cnnvis.plotting.activations import write_volume
 
     vol = np.random.default_rng(0).random((3, 5, 4)).astype(np.float32)
     path = tmp_path / "v.nrrd"

@@ -7,7 +7,8 @@ Images are given for display in [0, 1] (``cnnvis.data.denormalize``), [N, C, H, 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -16,6 +17,8 @@ import torch
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+
+from cnnvis.io import Saved
 
 CAM_CMAP = "jet"
 
@@ -201,3 +204,64 @@ def faithfulness_curves(curves: Mapping[str, Mapping[str, Any]], *, title: str) 
     fig.suptitle(title + "\n(shaded: ± 1 standard error of the mean)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- the figures of stage `visualize`
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def attribution_figures(study: Any) -> Iterator[tuple[str, Saved]]:
+    """Every figure of a ``cnnvis.studies.visualize.AttributionStudy`` as (file stem, Saved), drawn one at a time:
+    paper 1 Fig 2–8, then the randomization test (when run) and the deletion / insertion curves."""
+    cfg = study.config
+    signal = ("strongest activation" if cfg.projection == "max" else "whole map") + (", rectified" if cfg.rectify else "")
+
+    def saved(fig: Figure) -> Saved:
+        return Saved(fig, {"dpi": 110})
+
+    for j, p in enumerate(study.first_layer):
+        key = f"p1_fig{2 + j:02d}_deconv_{p.layer.replace('.', '_')}_{slug(p.label)}" if j < 3 else \
+            f"p1_fig02-04_extra_deconv_{slug(p.label)}"
+        yield key, saved(projection_grid(
+            p.image, p.recon,
+            title=f"Deconvnet projection of each of the {p.recon.shape[0]} feature maps of {p.layer} (first conv "
+                  f"layer) to pixel space\ntest image #{p.index}, class '{p.label}' (signal: {signal})"))
+    p = study.second_layer
+    yield f"p1_fig05b_deconv_{p.layer.replace('.', '_')}", saved(projection_grid(
+        p.image, p.recon,
+        title=f"Deconvnet projection of each of the {p.recon.shape[0]} feature maps of {p.layer} (second conv layer)\n"
+              f"test image #{p.index}, class '{p.label}' (signal: {signal})"))
+    for key, m in zip(("p1_fig05a", "p1_fig06"), study.map_across, strict=True):
+        yield f"{key}_map{m.channel + 1}_{m.layer.replace('.', '_')}", saved(map_across_images(
+            m.images, m.recon, [f"#{i} {c}" for i, c in zip(m.indices, m.labels, strict=True)],
+            title=f"Feature map {m.channel + 1} of {m.layer} projected to pixel space for "
+                  f"{len(m.indices)} test images (deconvnet, signal: {signal})"))
+
+    c = study.cams
+    first, last = c.layers
+    rows = [f"#{i}: {y}\n(pred. {p})" for i, y, p in zip(c.indices, c.labels, c.predicted, strict=True)]
+    fig7 = {f"Grad-CAM at {first}\n(first conv layer)": c.gradcam_first,
+            f"Grad-CAM at {last}\n(last conv layer)": c.gradcam_last}
+    yield "p1_fig07_gradcam_first_vs_last", saved(method_columns(
+        c.images, fig7, rows, overlay=list(fig7),
+        title="Grad-CAM (eq. 1: averaged gradients, ReLU, bilinear upsampling) for the true class:\n"
+              "first vs last conv layer"))
+    fig8 = {"backpropagation\n(|gradient|)": c.saliency, f"Grad-CAM\n({last})": c.gradcam_last,
+            "Guided Grad-CAM\n(|map|, channels summed)": c.guided_gradcam}
+    yield "p1_fig08_gradcam", saved(method_columns(
+        c.images, fig8, rows, overlay=[k for k in fig8 if k.startswith("Grad-CAM")],
+        title="Original, backpropagation (saliency), Grad-CAM and Guided Grad-CAM for the true class"))
+
+    n = len(study.eval_indices)
+    if study.randomization is not None:
+        yield "beyond_randomization_test", saved(randomization_curves(
+            study.randomization,
+            title=f"Model-parameter randomization test (Adebayo et al. 2018), {n} test images:\n"
+                  "does the map change when the weights are re-initialized, output layer first?"))
+    yield "beyond_deletion_insertion", saved(faithfulness_curves(
+        study.faithfulness.curves,
+        title=f"Deletion / insertion faithfulness on {n} test images (deletion → {cfg.deletion_baseline}, "
+              f"insertion from {cfg.insertion_baseline})"))

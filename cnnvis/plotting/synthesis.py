@@ -6,12 +6,15 @@ Images come in pixel space, float in [0, 1], N×C×H×W (C = 1 gray, 3 RGB).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+
+from cnnvis.io import Saved
 
 
 def _show(ax, img: torch.Tensor | np.ndarray, *, stretch: bool = False) -> None:
@@ -88,3 +91,24 @@ def inversion(originals: torch.Tensor, recon: Sequence[tuple[str, torch.Tensor, 
                  "rel. error = ‖φ(x) − φ(x0)‖ / ‖φ(x0)‖ reached; " + settings, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def settings(cfg: Any) -> str:
+    """The activation maximization settings of a ``cnnvis.synthesis.SynthesisConfig``, for a figure title."""
+    return (f"{cfg.steps} steps, step {cfg.lr:g}, L2 decay {cfg.l2_decay:g}, blur σ={cfg.blur_sigma:g} every "
+            f"{cfg.blur_every or '—'}, gradient clipped below percentile {cfg.clip_percentile:g}")
+
+
+def synthesis_figures(study: Any) -> Iterator[tuple[str, Saved]]:
+    """The figures of a ``cnnvis.studies.synthesis.SynthesisStudy`` (paper 2) as (file stem, Saved), one at a time;
+    its activation views are drawn by ``cnnvis.plotting.activations.activation_figures``."""
+    cfg, cls, ch = study.config, study.actmax_classes, study.actmax_channels
+    yield "p2_actmax_classes", Saved(actmax_classes(cls.images, list(study.classes), cls.initial, cls.final,
+                                                    settings=settings(cfg)), {"dpi": 110})
+    yield "p2_actmax_channels", Saved(actmax_channels(ch.images, list(ch.targets), ch.initial, ch.final, layer=ch.layer,
+                                                      settings=settings(cfg)), {"dpi": 110})
+    yield "p2_inversion", Saved(inversion(
+        study.originals, [(inv.layer, inv.images, inv.rel_error) for inv in study.inversions],
+        labels=list(study.original_labels),
+        settings=f"{cfg.inversion_steps} Adam steps, λ_TV={cfg.tv_weight:g} (β={cfg.tv_beta:g}), "
+                 f"λ_α={cfg.alpha_weight:g} (α={cfg.alpha:g})"), {"dpi": 110})

@@ -14,12 +14,14 @@ import pytest
 import torch
 from torch import nn
 
+from cnnvis import ConfigError
 from cnnvis.attribution import (
     METHODS,
     Deconvnet,
     GradCAM,
     GuidedBackprop,
     GuidedGradCAM,
+    HiResCAM,
     Saliency,
     minmax_per_image,
     project_feature_maps,
@@ -262,18 +264,21 @@ def test_guided_gradcam_is_guided_backprop_times_gradcam(model, images):
     torch.testing.assert_close(GuidedGradCAM(model, layer).attribute(images, TARGETS), expect, atol=ATOL, rtol=0)
 
 
-def test_gradcam_equals_pytorch_grad_cam_after_its_normalization(model, images):
-    from pytorch_grad_cam import GradCAM as PGradCAM
+@pytest.mark.parametrize("name", ["GradCAM", "HiResCAM"])
+def test_gradcam_equals_pytorch_grad_cam_after_its_normalization(model, images, name):
+    import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    ours_cls, ref_cls = {"GradCAM": (GradCAM, pytorch_grad_cam.GradCAM),
+                         "HiResCAM": (HiResCAM, pytorch_grad_cam.HiResCAM)}[name]
     for _, layer in (conv_layers(model)[0], conv_layers(model)[-1]):
-        cam = GradCAM(model, layer, relu=True, interpolate="bilinear").attribute(images, TARGETS)
+        cam = ours_cls(model, layer, relu=True, interpolate="bilinear").attribute(images, TARGETS)
         # pytorch-grad-cam min-max normalizes twice (per layer, then after averaging layers), each time with
         # +1e-7 in the denominator; with the small CAM ranges of a random model that eps shows at 1e-4.
         ours = minmax_per_image(minmax_per_image(cam))
         ref_model = copy.deepcopy(model)  # pytorch-grad-cam calls eval() and fills .grad: keep ours clean
         ref_layer = dict(ref_model.named_modules())[[n for n, m in model.named_modules() if m is layer][0]]
-        with PGradCAM(model=ref_model, target_layers=[ref_layer]) as cam:
+        with ref_cls(model=ref_model, target_layers=[ref_layer]) as cam:
             ref = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in TARGETS])
         np.testing.assert_allclose(ours[:, 0].numpy(), ref, atol=1e-5)
 
@@ -293,6 +298,72 @@ def test_gradcam_exact_on_a_linear_head():
         a = conv(x)
         expect = torch.stack([(head.weight[c][:, None, None] * a[i]).sum(0) / 25 for i, c in enumerate([1, 0])])
     torch.testing.assert_close(cam[:, 0], expect, atol=1e-6, rtol=0)
+    hires = HiResCAM(model, conv, relu=False, interpolate=None).attribute(x, target=[1, 0])  # ∂y/∂A = w_ck/25
+    torch.testing.assert_close(hires[:, 0], expect, atol=1e-6, rtol=0)
+
+
+def _p1_head(head: str) -> nn.Module:
+    torch.manual_seed(0)
+    cfg = parse(ModelConfig, {"name": "p1_cnn", "widths": [8, 6], "kernel_sizes": [5, 3], "head": head,
+                              "hidden": 0 if head == "gap" else 16}, "model")
+    return build_model(cfg, in_channels=1, num_classes=10, image_size=28).eval()
+
+
+def test_gap_head_gradcam_is_hirescam_is_cam(images):
+    """Head "gap": y^c = Σ_k w_ck · mean_ij F^k_ij with F = pool2's output (7×7), so ∂y^c/∂F^k_ij = w_ck/49 at
+    every position: at F, Grad-CAM = HiResCAM = CAM / 49 (Zhou et al. 2016).
+
+    One layer down (relu2's maps A, 14×14, before the 2×2 max-pool) the gradient is w_ck/49 at each window's
+    maximum (its switch) and 0 elsewhere, one switch per window: Grad-CAM's α_k = w_ck/196, i.e. Grad-CAM is
+    CAM of A / 196, while HiResCAM keeps A at the switches only: Σ_k w_ck A^k s^k / 49.
+    """
+    model = _p1_head("gap")
+    f = model.features
+    with torch.no_grad():
+        a = f[: list(dict(f.named_children())).index("relu2") + 1](images)  # [4, 6, 14, 14]
+        pooled, switch = torch.nn.functional.max_pool2d(a, 2, return_indices=True)
+    w = model.classifier.fc.weight.detach()[TARGETS][:, :, None, None]  # w_ck: [4, 6, 1, 1]
+    at_f = (w * pooled).sum(1, keepdim=True) / 49
+    for cls in (GradCAM, HiResCAM):
+        torch.testing.assert_close(cls(model, f.pool2, relu=False, interpolate=None).attribute(images, TARGETS), at_f,
+                                   atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(GradCAM(model, f.pool2).attribute(images, TARGETS),
+                               HiResCAM(model, f.pool2).attribute(images, TARGETS), atol=1e-6, rtol=1e-5)
+    s = torch.zeros_like(a).flatten(2).scatter_(2, switch.flatten(2), 1.0).view_as(a)  # s^k: 1 at the switches
+    torch.testing.assert_close(GradCAM(model, f.relu2, relu=False, interpolate=None).attribute(images, TARGETS),
+                               (w * a).sum(1, keepdim=True) / 196, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(HiResCAM(model, f.relu2, relu=False, interpolate=None).attribute(images, TARGETS),
+                               (w * a * s).sum(1, keepdim=True) / 49, atol=1e-6, rtol=1e-5)
+
+
+def test_fc_head_gradcam_and_hirescam_rank_pixels_differently(images):
+    """Head "fc": ∂y^c/∂F changes sign across positions, so Grad-CAM's average and HiResCAM's product differ."""
+    from cnnvis.attribution.sanity import spearman_rows
+
+    model = _p1_head("fc")
+    for layer in (model.features.pool2, model.features.relu2):
+        gc = GradCAM(model, layer, relu=False, interpolate=None).attribute(images, TARGETS)
+        hr = HiResCAM(model, layer, relu=False, interpolate=None).attribute(images, TARGETS)
+        assert spearman_rows(gc, hr).mean() < 0.5
+
+
+def test_p1_cnn_heads():
+    fc, gap = build_model(ModelConfig(), in_channels=1, num_classes=10, image_size=28), _p1_head("gap")
+    assert [(k, tuple(v.shape)) for k, v in fc.state_dict().items()] == [  # the "fc" checkpoints' layout
+        ("features.conv1.weight", (32, 1, 3, 3)), ("features.conv1.bias", (32,)),
+        ("features.conv2.weight", (64, 32, 3, 3)), ("features.conv2.bias", (64,)),
+        ("classifier.fc1.weight", (128, 64 * 7 * 7)), ("classifier.fc1.bias", (128,)),
+        ("classifier.fc.weight", (10, 128)), ("classifier.fc.bias", (10,))]
+    assert [n for n, _ in gap.classifier.named_children()] == ["gap", "flatten", "fc"]
+    assert gap.classifier.fc.weight.shape == (10, 6)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(gap(x), gap.classifier.fc(gap.features(x).mean((2, 3))))
+    assert parse(ModelConfig, {"name": "p1_cnn"}, "model").head == "fc"  # checkpoints without the key
+    with pytest.raises(ConfigError, match="hidden"):
+        parse(ModelConfig, {"name": "p1_cnn", "head": "gap"}, "model")
+    with pytest.raises(ConfigError, match="head"):
+        parse(ModelConfig, {"name": "p1_cnn", "head": "max"}, "model")
 
 
 def test_deconvnet_exact_on_conv_relu_pool():
@@ -314,7 +385,7 @@ def test_deconvnet_exact_on_conv_relu_pool():
 
 
 def _make(name: str, model: nn.Module) -> object:
-    if name in ("gradcam", "guided_gradcam"):
+    if name in ("gradcam", "guided_gradcam", "hirescam"):
         return METHODS[name](model, conv_layers(model)[-1][1])
     return METHODS[name](model)
 
@@ -331,7 +402,7 @@ def test_contract(model, images, name):
         out_int = method.attribute(images, target=5)
         out_pred = method.attribute(images)
         _assert_unchanged(model, before)
-        channels = 1 if name == "gradcam" else images.shape[1]
+        channels = 1 if name in ("gradcam", "hirescam") else images.shape[1]
         for o in (out, out_int, out_pred):
             assert o.shape == (4, channels, 28, 28)
             assert torch.isfinite(o).all()
@@ -444,8 +515,9 @@ def test_blur_baseline_and_pixel_importance():
     assert black.shape == (2, 3, 4, 4) and (black[:, 2] == -3.0).all()
     with pytest.raises(ValueError, match="black"):
         baseline_images(x, "black")
-    a = torch.tensor([[[[1.0, -2.0]], [[-3.0, 0.5]]]])  # [1, 2, 1, 2]
-    torch.testing.assert_close(pixel_importance(a), torch.tensor([[[4.0, 2.5]]]))
+    a = torch.tensor([[[[1.0, -2.0]], [[-3.0, 0.5]]]])  # [1, 2, 1, 2]: channels summed first, then the sign rule
+    torch.testing.assert_close(pixel_importance(a), torch.tensor([[[-2.0, -1.5]]]))
+    torch.testing.assert_close(pixel_importance(a, "absolute"), torch.tensor([[[2.0, 1.5]]]))
 
 
 @pytest.mark.parametrize(("sigma", "size", "kernel"), [(0.7, 28, 7), (2.0, 28, 13), (5.0, 20, 19), (5.0, 6, 5)])

@@ -39,19 +39,24 @@ class GradCAM(Attribution):
             logits = self.model(x)
             acts = box.output  # A: [N, K, h, w]
             if acts is None or acts.ndim != 4:
-                raise ValueError("GradCAM layer must be reached by the forward pass and output N×K×h×w maps")
+                raise ValueError(f"{type(self).__name__} layer must be reached by the forward pass and output N×K×h×w maps")
             (grads,) = torch.autograd.grad(target_score(logits, as_targets(target, logits)), acts)
         return self.map_from(acts.detach(), grads, x.shape[2:])
 
     def map_from(self, acts: torch.Tensor, grads: torch.Tensor, size: torch.Size) -> torch.Tensor:
         """Eq. (1) from the layer's activations A and gradients ∂y^c/∂A ([N, K, h, w] each)."""
-        alpha = grads.mean(dim=(2, 3), keepdim=True)  # α_k^c: [N, K, 1, 1]
-        cam = (alpha * acts).sum(dim=1, keepdim=True)  # [N, 1, h, w]
+        cam = self.channel_sum(acts, grads)
         if self.relu:
             cam = cam.clamp(min=0)
         if self.interpolate is not None:
             cam = F.interpolate(cam, size=size, mode=self.interpolate)
         return cam
+
+    def channel_sum(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        """Σ_k α_k^c A^k before the ReLU, [N, 1, h, w] (the step a variant of Grad-CAM changes)."""
+        alpha = grads.mean(dim=(2, 3), keepdim=True)  # α_k^c: [N, K, 1, 1]
+        return (alpha * acts).sum(dim=1, keepdim=True)
+
 
 def minmax_per_image(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Each map scaled to [0, 1] (pytorch-grad-cam's convention: (m − min) / (max − min + eps))."""

@@ -13,8 +13,9 @@ Importing this module registers ``encdec`` in the model registry
 
 This module also holds the measurements the paper only eyeballs (section 5):
 normalized maps (eq. 10), when each probe's map settles during training, how
-alike same-class maps are for correct and wrong predictions, and whether the
-confidence P_k goes with map sharpness.
+alike same-class maps are for correct and wrong predictions, whether the
+confidence P_k goes with map sharpness, and a translation control (do the maps
+move with a shifted input, as a localization would?).
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class EncDecConfig:
     settle_threshold: float = opt(0.9, gt=0.0, le=1.0)  # Pearson r with the final map that counts as settled
     examples: int = opt(8, ge=1)  # images per figure of correct / wrong samples (Figs 6-7)
     seed: int = opt(0, ge=0)  # probe and example choice
+    # translation control: class maps of test inputs moved by these many px (right, down, left, up; zero fill)
+    # compared with the moved map of the unmoved input; () = no control
+    translation_shifts: tuple[int, ...] = opt((2, 4), ge=1)
+    translation_images: int | None = opt(1000, ge=1)  # seeded subset of the test images; null = all
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(name="encdec", width_multiplier=self.width_multiplier, pretrained=self.pretrained,
@@ -294,3 +299,105 @@ def map_study(maps: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) ->
         "per_image": {"similarity": sims, "confidence": conf, "peak_to_mean": sharp["peak_to_mean"],
                       "entropy": sharp["entropy"], "correct": correct},
     }
+
+
+# --------------------------------------------------------------------------- translation control
+
+
+DIRECTIONS = ((0, 1), (1, 0), (0, -1), (-1, 0))  # (rows, columns) unit steps: right, down, left, up
+
+
+def shift_images(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``x`` (…×H×W) moved ``dy`` rows down and ``dx`` columns right; the vacated pixels are 0 (zero fill)."""
+    h, w = x.shape[-2:]
+    out = torch.zeros_like(x)
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = \
+        x[..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)]
+    return out
+
+
+def _kept(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """N×(H−|dy|)·(W−|dx|): the pixels of ``x`` (N×H×W) that a shift by (dy, dx) did not vacate."""
+    h, w = x.shape[-2:]
+    return x[:, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)].flatten(1)
+
+
+@dataclass(frozen=True)
+class TranslationControl:
+    """Do the class maps move with the input? Per shift s (px) and test image, averaged over the 4 directions:
+
+    - ``follow``: Pearson r of the map of the shifted input with the original map shifted by s;
+    - ``stay``: r of the map of the shifted input with the original map where it was;
+    - ``shift_alone``: r of the original map with itself shifted (near 1: s too small to tell the two apart);
+    - ``kept``: fraction of the directions whose prediction equals the unshifted one.
+
+    Maps: the true class's, bilinearly upsampled to the input size; r over the pixels no shift vacated. The
+    summaries (``record``) are over the ``informative`` images: those whose map is not constant (a flat map
+    has no position to follow, and r = 0 for either hypothesis).
+    """
+
+    shifts: tuple[int, ...]
+    index: torch.Tensor  # N, into the test images
+    follow: torch.Tensor  # S×N
+    stay: torch.Tensor  # S×N
+    shift_alone: torch.Tensor  # S×N
+    kept: torch.Tensor  # S×N
+    informative: torch.Tensor  # N bool: the unshifted map is not constant
+    example_maps: torch.Tensor  # S+1×E×H×W: the first E images' maps, unshifted then shifted right by each s
+
+    def record(self) -> dict[str, Any]:
+        rows, use = [], self.informative
+        for k, s in enumerate(self.shifts):
+            f, st = self.follow[k, use], self.stay[k, use]
+            rows.append({"shift_px": s, "follow_r": round(f.mean().item(), 4), "stay_r": round(st.mean().item(), 4),
+                         "follow_minus_stay": round((f - st).mean().item(), 4),
+                         "follow_wins": round((f > st).float().mean().item(), 4),
+                         "shift_alone_r": round(self.shift_alone[k, use].mean().item(), 4),
+                         "prediction_kept": round(self.kept[k, use].mean().item(), 4)})
+        return {"shifts_px": list(self.shifts), "images": len(self.index),
+                "informative_images": int(use.sum()), "rows": rows,
+                "what": "per test image, true-class map upsampled to the input: Pearson r of the map of the input "
+                        "shifted by s px (right, down, left, up; zero fill; mean of the 4) with the original map "
+                        "shifted alike (follow_r) and with the original map unshifted (stay_r), over the pixels no "
+                        "shift vacated; follow_wins = fraction of images with follow_r > stay_r; shift_alone_r = r of "
+                        "the original map with itself shifted; prediction_kept = fraction of unchanged predictions; all "
+                        "means over the informative images (map not constant)"}
+
+
+def _upsampled(maps: torch.Tensor, labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    own = maps[torch.arange(len(labels)), labels][:, None]  # N×1×m×m
+    return torch.nn.functional.interpolate(own, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def translation_control(model: EncDec, x_u8: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
+                        mean: tuple[float, ...], std: tuple[float, ...], shifts: tuple[int, ...], *,
+                        batch_size: int = 500, examples: int = 4) -> TranslationControl:
+    """The translation control on the test images ``x_u8[index]`` (uint8 N×C×H×W) with true classes ``labels``."""
+    x, y = x_u8[index], labels[index]
+    size = tuple(x.shape[-2:])
+    if shifts and max(shifts) >= min(size):
+        raise ValueError(f"shift {max(shifts)} px leaves nothing of a {size[0]}×{size[1]} image")
+    maps, logits = predict_maps(model, x, mean, std, batch_size=batch_size)
+    base, pred = _upsampled(maps, y, size), logits.argmax(1)
+    rows: dict[str, list[torch.Tensor]] = {"follow": [], "stay": [], "shift_alone": [], "kept": []}
+    example_maps = [base[:examples]]
+    for s in shifts:
+        per_dir: dict[str, list[torch.Tensor]] = {k: [] for k in rows}
+        for uy, ux in DIRECTIONS:
+            dy, dx = uy * s, ux * s
+            maps_s, logits_s = predict_maps(model, shift_images(x, dy, dx), mean, std, batch_size=batch_size)
+            moved = _upsampled(maps_s, y, size)
+            if (dy, dx) == (0, s):
+                example_maps.append(moved[:examples])
+            moved_kept = _kept(moved, dy, dx)
+            per_dir["follow"].append(pearson_rows(moved_kept, _kept(shift_images(base, dy, dx), dy, dx)))
+            per_dir["stay"].append(pearson_rows(moved_kept, _kept(base, dy, dx)))
+            per_dir["shift_alone"].append(pearson_rows(_kept(shift_images(base, dy, dx), dy, dx), _kept(base, dy, dx)))
+            per_dir["kept"].append((logits_s.argmax(1) == pred).float())
+        for k, v in per_dir.items():
+            rows[k].append(torch.stack(v).mean(0))
+    n = len(y)
+    stacked = {k: torch.stack(v) if v else torch.empty(0, n) for k, v in rows.items()}
+    informative = base.flatten(1).amax(1) > base.flatten(1).amin(1)
+    return TranslationControl(tuple(shifts), index, stacked["follow"], stacked["stay"], stacked["shift_alone"],
+                              stacked["kept"], informative, torch.stack(example_maps))

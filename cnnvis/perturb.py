@@ -6,9 +6,13 @@ normalization, as the paper's images were perturbed as pictures:
 - grayscale (5.3.1): ITU-R 601 luma (torchvision's ``rgb_to_grayscale``), copied to 3 channels;
 - Gaussian blur (5.3.2, eq. 11): torchvision's ``gaussian_blur`` (reflect padding), k×k with a stated σ;
 - channel order (5.3.3): the RGB planes reordered, e.g. "BGR", "BRG";
-- salt & pepper (5.3.4, eq. 12): exactly M = round(λ·H·W·C) distinct channel values per image
-  set to 0 or 255 (equal odds), seeded. Paper 4's published code indexed with a
-  list and whitened whole rows; here positions are drawn over the flat H·W·C values.
+- salt & pepper (5.3.4, eq. 12): exactly M distinct channel values per image set to 0 or 255
+  (equal odds), seeded. M is eq. (12)'s round(λ·H·W·C), raised where needed so that
+  every level changes at least one value and each level more values than the level
+  with the next smaller λ (``noise_counts``): at 28×28×1, λ = 0.0005 rounds to 0
+  and would leave the images clean; it becomes 1. At the paper's 64×64×3 nothing
+  is raised (6 and 61). Paper 4's published code indexed with a list and whitened
+  whole rows; here positions are drawn over the flat H·W·C values.
 
 Color perturbations need 3 channels; on a grayscale dataset they are reported
 as not applicable, with the reason (``applicability``).
@@ -16,6 +20,7 @@ as not applicable, with the reason (``applicability``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +49,8 @@ class PerturbConfig:
     # (0.3·((k−1)/2 − 1) + 0.8, what cv2.GaussianBlur(img, (k, k), 0) uses)
     blur_sigmas: tuple[float, ...] = opt((0.8, 1.1), gt=0.0)
     channel_orders: tuple[str, ...] = opt(("BGR", "BRG"))  # paper: [B,G,R] and [B,R,G]
-    salt_pepper_rates: tuple[float, ...] = opt((0.0005, 0.005), gt=0.0, lt=1.0)  # λ of eq. (12)
+    # λ of eq. (12); M per image from ``noise_counts``: round(λ·H·W·C), at least 1 and above the next smaller level
+    salt_pepper_rates: tuple[float, ...] = opt((0.0005, 0.005), gt=0.0, lt=1.0)
     seed: int = opt(0, ge=0)
     batch_size: int = opt(500, ge=1)
     max_test_images: int | None = opt(None, ge=1)  # cap (experiment=ci); null = the whole test set
@@ -57,6 +63,8 @@ class PerturbConfig:
         for k in self.blur_kernels:
             if k % 2 == 0:
                 raise ConfigError(f"{section}.blur_kernels = {k}: must be odd (a centred kernel)")
+        if len(set(self.salt_pepper_rates)) != len(self.salt_pepper_rates):
+            raise ConfigError(f"{section}.salt_pepper_rates = {list(self.salt_pepper_rates)}: a level is repeated")
         for order in self.channel_orders:
             if sorted(order) != sorted("RGB"):
                 raise ConfigError(f"{section}.channel_orders = {order!r}: must be a permutation of 'RGB'")
@@ -88,25 +96,47 @@ def channel_order(x: torch.Tensor, order: str) -> torch.Tensor:
     return x[:, ["RGB".index(ch) for ch in order]].contiguous()
 
 
-def noise_count(rate: float, shape: tuple[int, int, int]) -> int:
-    """M of eq. (12): round(λ·H·W·C) channel values per image (shape = C, H, W)."""
-    c, h, w = shape
-    return round(rate * c * h * w)
+def noise_counts(rates: tuple[float, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """M per salt & pepper level (in the order of ``rates``) for images of ``shape`` = (C, H, W).
+
+    The rule, over the levels by increasing λ: M = round(λ·H·W·C) (eq. 12), at least 1, and at least one more
+    than the M of the level before; so every level changes pixels and two levels never coincide. ``ConfigError``
+    when the image has too few values for that.
+    """
+    values = math.prod(shape)
+    counts: dict[float, int] = {}
+    previous = 0
+    for rate in sorted(set(rates)):
+        previous = counts[rate] = max(round(rate * values), previous + 1)
+    if previous > values:
+        raise ConfigError(f"perturb.salt_pepper_rates = {list(rates)}: {len(counts)} distinct levels need up to "
+                          f"{previous} noisy values per image, the images ({'×'.join(map(str, shape))}) have {values}")
+    return tuple(counts[r] for r in rates)
 
 
-def salt_pepper(x: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
-    """Set exactly M = round(λ·C·H·W) distinct channel values of each image to 0 or 255."""
+def noise_rule(rate: float, count: int, shape: tuple[int, ...]) -> str:
+    """How ``noise_counts`` arrived at ``count`` for ``rate`` (for the table)."""
+    values = math.prod(shape)
+    raw = round(rate * values)
+    how = f"M = round(λ·H·W·C) = round({rate:g}·{values}) = {raw}"
+    if count != raw:
+        how += (f", raised to {count}: every level changes at least one value, each more than the level with the "
+                "next smaller λ")
+    return how
+
+
+def salt_pepper(x: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """Set exactly ``count`` distinct channel values of each image to 0 or 255 (equal odds)."""
     _check_u8(x)
-    n, c, h, w = x.shape
-    m = noise_count(rate, (c, h, w))
+    n = x.shape[0]
     out = x.clone().view(n, -1)
-    if m == 0:
+    if count == 0:
         return out.view_as(x)
     for i in range(0, n, NOISE_CHUNK):
         rows = out[i : i + NOISE_CHUNK]
-        # m distinct positions per image: the m largest of i.i.d. uniform scores
-        pos = torch.rand(rows.shape, generator=generator).topk(m, dim=1).indices
-        salt = torch.rand((len(rows), m), generator=generator) < 0.5
+        # count distinct positions per image: the count largest of i.i.d. uniform scores
+        pos = torch.rand(rows.shape, generator=generator).topk(count, dim=1).indices
+        salt = torch.rand((len(rows), count), generator=generator) < 0.5
         rows.scatter_(1, pos, salt.to(torch.uint8) * 255)
     return out.view_as(x)
 
@@ -134,9 +164,11 @@ def perturbations(cfg: PerturbConfig) -> list[Perturbation]:
     for order in cfg.channel_orders:
         out.append(Perturbation(order.lower(), f"channel order [{','.join(order)}]", True,
                                 lambda x, g, o=order: channel_order(x, o), {"order": order}))
-    for rate in cfg.salt_pepper_rates:
+    rates = cfg.salt_pepper_rates
+    for i, rate in enumerate(rates):
         out.append(Perturbation(f"salt_pepper_{rate:g}", f"salt & pepper λ={rate:g}", False,
-                                lambda x, g, r=rate: salt_pepper(x, r, g), {"rate": rate}))
+                                lambda x, g, i=i: salt_pepper(x, noise_counts(rates, tuple(x.shape[1:]))[i], g),
+                                {"rate": rate}))
     return out
 
 

@@ -48,7 +48,8 @@ STAGE = Stage(
     "perturbation-eval", __doc__, run,
     params={"perturb": PerturbConfig},
     inputs={"data": Input(load_npz, "data/raw/<dataset> of the download stage", made_by="download"),
-            "reference": Input(lambda p: yaml.safe_load(p.read_text()), "the papers' numbers (a committed file)"),
+            "reference": Input(lambda p: yaml.safe_load(p.read_text()), "the papers' numbers (a committed file)",
+                               made_by="git"),
             **{m: Input(load_checkpoint, f"checkpoint of the {m} model", required=False, made_by=stage)
                for m, stage in MODELS.items()}},
     outputs={"metrics": Output(save_json), "table": Output(save_text, help="the stage's table in Markdown"),

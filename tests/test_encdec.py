@@ -155,6 +155,49 @@ def test_map_study_separates_correct_and_wrong():
     assert study["confidence_vs_sharpness"]["peak_to_mean"]["n"] == n
 
 
+def test_shift_images_moves_with_zero_fill():
+    x = torch.arange(1, 10, dtype=torch.float32).view(1, 3, 3)
+    assert E.shift_images(x, 0, 1).tolist() == [[[0, 1, 2], [0, 4, 5], [0, 7, 8]]]
+    assert E.shift_images(x, -1, 0).tolist() == [[[4, 5, 6], [7, 8, 9], [0, 0, 0]]]
+    assert E.shift_images(x, 1, -2).tolist() == [[[0, 0, 0], [3, 0, 0], [6, 0, 0]]]
+    u8 = torch.randint(1, 256, (2, 1, 5, 5), dtype=torch.uint8)
+    assert E.shift_images(u8, 2, 0).dtype == torch.uint8 and torch.equal(E.shift_images(u8, 0, 0), u8)
+
+
+class _MapModel(nn.Module):
+    """A stand-in encoder-decoder whose C class maps (at input resolution) are the image itself (``follow``)
+    or a fixed pattern that ignores where the content is (``stay``)."""
+
+    def __init__(self, kind: str, classes: int = 2, size: int = 12):
+        super().__init__()
+        self.kind, self.classes = kind, classes
+        self.fixed = nn.Parameter(torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(0)))
+
+    def class_maps(self, x: torch.Tensor) -> torch.Tensor:
+        src = x.relu() if self.kind == "follow" else self.fixed.expand(len(x), 1, -1, -1) + 0 * x[:, :1]
+        return src.repeat(1, self.classes, 1, 1)
+
+
+def test_translation_control_tells_maps_that_move_from_maps_that_stay():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (6, 1, 12, 12), dtype=torch.uint8)
+    y, index = torch.tensor([0, 1, 0, 1, 0, 1]), torch.arange(6)
+    follow = E.translation_control(_MapModel("follow"), x, y, index, (0.5,), (0.25,), (2, 4), examples=2)
+    stay = E.translation_control(_MapModel("stay"), x, y, index, (0.5,), (0.25,), (2, 4), examples=2)
+    torch.testing.assert_close(follow.follow, torch.ones(2, 6))  # the map moved exactly with the input
+    assert (follow.stay < 0.9).all() and follow.record()["rows"][0]["follow_wins"] == 1.0
+    torch.testing.assert_close(stay.stay, torch.ones(2, 6))  # the map ignored the shift
+    assert (stay.follow < 0.9).all() and stay.record()["rows"][1]["follow_wins"] == 0.0
+    rec = follow.record()
+    assert rec["shifts_px"] == [2, 4] and rec["images"] == rec["informative_images"] == 6
+    assert [r["shift_px"] for r in rec["rows"]] == [2, 4]
+    flat = E.translation_control(_MapModel("follow"), torch.zeros_like(x), y, index, (0.5,), (0.25,), (2,))
+    assert not flat.informative.any() and flat.record()["informative_images"] == 0  # all-zero maps: no position
+    assert follow.example_maps.shape == (3, 2, 12, 12)  # unshifted, then moved right by 2 and 4 px
+    with pytest.raises(ValueError, match="12 px|12×12"):
+        E.translation_control(_MapModel("follow"), x, y, index, (0.5,), (0.25,), (12,))
+
+
 def _toy_run(tmp_path, encdec: dict) -> list[str]:
     """A 3-class 28 px toy dataset and params; the stage's argv without its outputs."""
     rng = np.random.default_rng(0)
@@ -194,8 +237,12 @@ def test_stage_end_to_end_tiny(tmp_path):
     table = (out / "t.md").read_text()
     assert "| paper 4 | Proposed encoder-decoder | 53.78 | 61.09 |" in table and "| ours | plain ResNet-18" in table
     assert {p.name for p in (out / "figs").iterdir()} >= {"fig3_5_map_evolution.png", "fig6_correct.png",
-                                                          "fig7_wrong.png", "study.png"}
+                                                          "fig7_wrong.png", "study.png", "translation_control.png"}
     assert not list((tmp_path / "resume").glob("*.pt"))  # scratch removed after success
+    translation = metrics["translation"]
+    assert translation["shifts_px"] == [2, 4] and translation["images"] == 24
+    assert {"follow_r", "stay_r", "follow_minus_stay", "follow_wins", "shift_alone_r",
+            "prediction_kept"} <= set(translation["rows"][0])
 
 
 def test_table1_paper_numbers_come_from_the_reference(tmp_path):

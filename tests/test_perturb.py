@@ -34,18 +34,54 @@ def images(n=4, c=3, h=16, w=16, seed=0) -> torch.Tensor:
                                              (0.05, (3, 32, 32))])
 def test_salt_pepper_sets_exactly_m_distinct_channel_values(rate, shape):
     x = torch.full((5, *shape), 128, dtype=torch.uint8)  # mid-gray: every set value is visible
-    out = P.salt_pepper(x, rate, torch.Generator().manual_seed(0))
-    m = round(rate * math.prod(shape))
-    assert P.noise_count(rate, shape) == m
+    (m,) = P.noise_counts((rate,), shape)
+    assert m == round(rate * math.prod(shape))  # eq. (12) where it rounds to at least 1
+    out = P.salt_pepper(x, m, torch.Generator().manual_seed(0))
     changed = out != x
     assert changed.flatten(1).sum(1).tolist() == [m] * 5  # exactly M per image, all distinct positions
     assert set(out[changed].unique().tolist()) <= {0, 255}
     assert out.dtype == torch.uint8 and out.shape == x.shape
 
 
+def test_noise_counts_rule():
+    levels = (0.0005, 0.005)
+    assert P.noise_counts(levels, (3, 64, 64)) == (6, 61)  # the paper's 64 px: eq. (12) unchanged
+    assert P.noise_counts(levels, (3, 32, 32)) == (2, 15)
+    assert P.noise_counts(levels, (1, 28, 28)) == (1, 4)  # round(0.392) = 0 raised to 1
+    assert P.noise_counts(levels, (1, 8, 8)) == (1, 2)  # both round to 0: 1, then one more
+    assert P.noise_counts((0.005, 0.0005), (1, 28, 28)) == (4, 1)  # in the order given
+    assert P.noise_counts((0.001, 0.002, 0.003), (1, 8, 8)) == (1, 2, 3)
+    with pytest.raises(ConfigError, match="salt_pepper_rates"):
+        P.noise_counts((0.1, 0.2, 0.3), (1, 1, 2))  # 3 distinct levels on 2 values
+    assert "raised to 1" in P.noise_rule(0.0005, 1, (1, 28, 28))
+    assert "raised" not in P.noise_rule(0.005, 61, (3, 64, 64))
+
+
+def _configured() -> list[P.PerturbConfig]:
+    conf = parse(P.PerturbConfig, yaml.safe_load((ROOT / "conf" / "perturb" / "default.yaml").read_text()), "perturb")
+    return [conf, P.PerturbConfig()]
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 8), (3, 64, 64)])
+def test_every_configured_level_changes_values_and_levels_differ(shape):
+    """Each salt & pepper level of conf/perturb/default.yaml (and of the schema's defaults) changes at least one
+    value of every image, and two levels change different numbers of values."""
+    x = torch.full((3, *shape), 128, dtype=torch.uint8)
+    for cfg in _configured():
+        levels = [p for p in P.perturbations(cfg) if p.name.startswith("salt_pepper")]
+        assert len(levels) == len(cfg.salt_pepper_rates) >= 2
+        counts = []
+        for i, pert in enumerate(levels):
+            changed = (pert(x, seed=i) != x).flatten(1).sum(1)
+            assert (changed >= 1).all(), (shape, pert.name)
+            assert len(set(changed.tolist())) == 1  # the same count in every image
+            counts.append(int(changed[0]))
+        assert len(set(counts)) == len(counts), (shape, counts)
+
+
 def test_salt_pepper_hits_channel_values_not_rows_or_pixels():
     x = torch.full((20, 3, 64, 64), 128, dtype=torch.uint8)
-    out = P.salt_pepper(x, 0.005, torch.Generator().manual_seed(1))  # M = 61 per image
+    out = P.salt_pepper(x, 61, torch.Generator().manual_seed(1))  # M at λ = 0.005
     changed = out != x
     per_pixel = changed.sum(1)  # channels changed at each pixel
     assert per_pixel.max() <= 3 and (per_pixel == 1).sum() > 0.9 * changed.sum()  # single channel values
@@ -58,19 +94,18 @@ def test_salt_pepper_hits_channel_values_not_rows_or_pixels():
 
 def test_salt_pepper_is_seeded_and_zero_count_is_identity():
     x = images(3)
-    a = P.salt_pepper(x, 0.01, torch.Generator().manual_seed(7))
-    assert torch.equal(a, P.salt_pepper(x, 0.01, torch.Generator().manual_seed(7)))
-    assert not torch.equal(a, P.salt_pepper(x, 0.01, torch.Generator().manual_seed(8)))
+    a = P.salt_pepper(x, 8, torch.Generator().manual_seed(7))
+    assert torch.equal(a, P.salt_pepper(x, 8, torch.Generator().manual_seed(7)))
+    assert not torch.equal(a, P.salt_pepper(x, 8, torch.Generator().manual_seed(8)))
     fm = images(2, 1, 28, 28)
-    assert P.noise_count(0.0005, (1, 28, 28)) == 0  # round(0.392): Fashion-MNIST at λ = 0.0005
-    assert torch.equal(P.salt_pepper(fm, 0.0005, torch.Generator().manual_seed(0)), fm)
+    assert torch.equal(P.salt_pepper(fm, 0, torch.Generator().manual_seed(0)), fm)
 
 
 def test_salt_pepper_noise_does_not_depend_on_chunking():
     x = images(P.NOISE_CHUNK + 5, 1, 8, 8)
-    whole = P.salt_pepper(x, 0.1, torch.Generator().manual_seed(3))
+    whole = P.salt_pepper(x, 6, torch.Generator().manual_seed(3))
     # the first chunk's images get the same noise whether or not more images follow
-    first = P.salt_pepper(x[: P.NOISE_CHUNK], 0.1, torch.Generator().manual_seed(3))
+    first = P.salt_pepper(x[: P.NOISE_CHUNK], 6, torch.Generator().manual_seed(3))
     assert torch.equal(whole[: P.NOISE_CHUNK], first)
 
 
@@ -130,6 +165,8 @@ def test_config_checks():
         parse(P.PerturbConfig, {"blur_kernels": [4], "blur_sigmas": [1.0]}, "perturb")
     with pytest.raises(ConfigError, match="permutation"):
         parse(P.PerturbConfig, {"channel_orders": ["RRB"]}, "perturb")
+    with pytest.raises(ConfigError, match="repeated"):
+        parse(P.PerturbConfig, {"salt_pepper_rates": [0.005, 0.005]}, "perturb")
 
 
 def test_confidence_metrics_and_deltas():
@@ -216,9 +253,13 @@ def test_stage_on_tiny_models(tmp_path):
     names = {(r["perturbation"], r["model"]) for r in report["rows"]}
     assert ("clean", "baseline") in names and ("blur5", "encdec") in names and ("salt_pepper_0.005", "baseline") in names
     assert {s["name"] for s in report["not_applicable"]} == {"grayscale", "bgr", "brg"}
-    assert report["salt_pepper_counts"] == {"0.0005": 0, "0.005": 4}
+    assert report["salt_pepper_counts"] == {"0.0005": 1, "0.005": 4}  # round(0.392) = 0 raised to 1
     table = (out / "p.md").read_text()
     assert "not applicable" in table and "45.52" in table
+    assert "salt & pepper λ=0.0005: 1 channel value per image set to 0 or 255 (M = round(λ·H·W·C) = " \
+           "round(0.0005·784) = 0, raised to 1" in table
+    rows = {(r["perturbation"], r["model"]): r for r in report["rows"]}
+    assert rows["salt_pepper_0.0005", "baseline"]["conf_pred"] != rows["clean", "baseline"]["conf_pred"]
     assert {p.name for p in (out / "figs").iterdir()} == {"blur3.png", "blur5.png", "salt_pepper_0.0005.png",
                                                           "salt_pepper_0.005.png", "summary.png"}
 

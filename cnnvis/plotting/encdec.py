@@ -150,6 +150,60 @@ def study_figure(per_class_settle: list[float | None], per_class_top1: list[floa
     return fig
 
 
+def translation_figure(control: Any, images: torch.Tensor, labels: torch.Tensor, classes: list[str],
+                       dataset: str) -> Figure:
+    """The translation control (``cnnvis.encdec.TranslationControl``): for its first images, the input and its
+    true-class map, then per shift s the input moved s px right, its map and the original map moved alike; beside
+    them, per shift, the distribution over images of r(map of moved input, moved map) vs r(…, unmoved map)."""
+    from cnnvis.encdec import shift_images
+
+    shifts = control.shifts
+    n = control.example_maps.shape[1]
+    fig = plt.figure(figsize=(1.25 * (2 + 3 * len(shifts)) + 5.0, 1.35 * max(n, 3) + 1.0))
+    left, right = fig.subfigures(1, 2, width_ratios=[1.25 * (2 + 3 * len(shifts)), 5.0])
+    axes = left.subplots(n, 2 + 3 * len(shifts), squeeze=False)
+    idx = control.index[:n]
+    im = None
+    for i in range(n):
+        show_image(axes[i, 0], images[idx[i]])
+        axes[i, 0].set_ylabel(classes[int(labels[idx[i]])], fontsize=7)
+        base = control.example_maps[0, i]
+        im = show_map(axes[i, 1], _norm(base))
+        for k, s in enumerate(shifts):
+            c = 2 + 3 * k
+            show_image(axes[i, c], shift_images(images[idx[i]], 0, s))
+            show_map(axes[i, c + 1], _norm(control.example_maps[k + 1, i]))
+            show_map(axes[i, c + 2], _norm(shift_images(base, 0, s)))
+            if i == 0:
+                for j, what in enumerate((f"input → {s} px", "its map", f"map → {s} px")):
+                    axes[0, c + j].set_title(what, fontsize=7)
+    axes[0, 0].set_title("input", fontsize=7)
+    axes[0, 1].set_title("true-class map", fontsize=7)
+    if im is not None:
+        left.colorbar(im, ax=axes, shrink=0.6, label="map / max(map)")
+    ax = right.subplots()
+    pos = np.arange(len(shifts), dtype=float)
+    for offset, data, name, color in ((-0.18, control.follow, "moved map (follows)", "tab:blue"),
+                                      (0.18, control.stay, "unmoved map (stays)", "tab:orange")):
+        parts = ax.boxplot([d[control.informative].numpy() for d in data], positions=pos + offset, widths=0.3, patch_artist=True,
+                           showmeans=True, showfliers=False, manage_ticks=False)
+        for box in parts["boxes"]:
+            box.set_facecolor(color)
+        ax.plot([], [], color=color, linewidth=6, label=f"r with the {name}")
+    ax.scatter(pos, control.shift_alone[:, control.informative].mean(1).numpy(), marker="x", color="black", zorder=3,
+               label="r of the map with itself moved (mean)")
+    ax.set_xticks(pos)
+    ax.set_xticklabels([f"{s} px" for s in shifts])
+    ax.set_xlabel("input shift (right, down, left, up; zero fill)")
+    ax.set_ylabel("Pearson r of the map of the moved input")
+    ax.set_ylim(-1.05, 1.05)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title(f"n = {int(control.informative.sum())} test images with a non-constant map "
+                 f"(of {len(control.index)})", fontsize=8)
+    fig.suptitle(f"{dataset}: translation control — do the class maps move with the input?", fontsize=10)
+    return fig
+
+
 def encdec_figures(study: Any, max_rows: int = 10) -> Iterator[tuple[str, Saved]]:
     """Every figure of stage train-encdec from its ``cnnvis.studies.encdec.EncDecStudy``, as (file stem, Saved),
     each drawn when it is asked for. Samples are chosen with ``study.config.seed`` (in this order)."""
@@ -185,6 +239,8 @@ def encdec_figures(study: Any, max_rows: int = 10) -> Iterator[tuple[str, Saved]
     if rows:
         idx = torch.cat(rows)
         yield "fig8_same_class", _saved(same_class_maps(images[idx], maps[idx, labels[idx]], names, per_class, dataset))
+    if study.translation is not None:
+        yield "translation_control", _saved(translation_figure(study.translation, images, labels, classes, dataset))
     yield "study", _saved(study_figure(study.settle["per_class_epoch"], study.settle["per_class_top1"], classes,
                                        study.per_image, dataset))
 

@@ -1,6 +1,6 @@
 """Study of stage `train-encdec`: paper 4's encoder-decoder trained while its probe maps are recorded
-(Figs 3-5), its class maps measured on the test set (section 5, Figs 6-8), and for Table 1 the plain ResNet-18
-with the same trunk, stem, data and recipe."""
+(Figs 3-5), its class maps measured on the test set (section 5, Figs 6-8) and against shifted inputs (the
+translation control), and for Table 1 the plain ResNet-18 with the same trunk, stem, data and recipe."""
 
 from __future__ import annotations
 
@@ -133,6 +133,7 @@ class EncDecStudy:
     measured: dict  # intra_class_similarity, confidence_vs_sharpness (E.map_study without per_image)
     per_image: dict[str, torch.Tensor]
     resnet: PlainResNet | None
+    translation: E.TranslationControl | None  # do the maps move with shifted inputs?
 
     @property
     def classes(self) -> list[str]:
@@ -159,6 +160,7 @@ class EncDecStudy:
                                "threshold with its final map; a class settles when all its probes have (None: never)"},
             **self.measured,
             "resnet18": self.resnet.record() if self.resnet is not None else None,
+            "translation": self.translation.record() if self.translation is not None else None,
         }
 
     def table1(self, paper: Mapping[str, Mapping[str, float]]) -> str:
@@ -244,6 +246,16 @@ def encdec_study(raw: D.RawDataset, cfg: E.EncDecConfig, hw: HardwareConfig, *,
     settle = settle_study(snapshots, num_classes, test["per_class_top1"], cfg.settle_threshold)
     measured = E.map_study(maps, logits, td.test_y)
     per_image = measured.pop("per_image")
+    translation = None
+    if cfg.translation_shifts:
+        n, k = len(td.test_y), cfg.translation_images
+        index = (torch.arange(n) if k is None or k >= n else
+                 torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 2))[:k].sort().values)
+        translation = E.translation_control(model, td.test_x, td.test_y, index, td.mean, td.std,
+                                            cfg.translation_shifts, batch_size=tcfg.eval_batch_size)
+        for row in translation.record()["rows"]:
+            log.info("translation %d px: follow r %.3f, stay r %.3f (follow wins on %.0f %% of images)",
+                     row["shift_px"], row["follow_r"], row["stay_r"], 100 * row["follow_wins"])
 
     resnet = None
     if cfg.compare_resnet:  # same trunk, stem, data, recipe
@@ -260,4 +272,4 @@ def encdec_study(raw: D.RawDataset, cfg: E.EncDecConfig, hw: HardwareConfig, *,
 
     return EncDecStudy(raw.name, cfg, model, spec, td.test_x, td.test_y, maps, logits, test, result.history,
                        result.train_seconds, len(td.train_y), torch.get_num_threads(), snapshots, settle, measured,
-                       per_image, resnet)
+                       per_image, resnet, translation)

@@ -50,13 +50,20 @@ class PerturbStudy:
     clean_logits: dict[str, torch.Tensor]  # model → E×K on the clean examples
     grids: tuple[Grid, ...]
 
+    def noise_counts(self) -> dict[str, int]:
+        """λ (as written in the perturbation's name) → M, the salt & pepper values changed per image."""
+        rates = self.config.salt_pepper_rates
+        return {f"{r:g}": m for r, m in zip(rates, P.noise_counts(rates, self.shape), strict=True)}
+
     def metrics(self, paper_grayscale_top1: float) -> dict:
         return {
             "dataset": self.dataset, "n": self.n, "image_shape_chw": list(self.shape), "seed": self.config.seed,
             "models": {name: {"model": state["model"]["name"], "tag": state.get("tag")}
                        for name, (_, state) in self.models.items()},
             "rows": self.rows, "not_applicable": self.skipped,
-            "salt_pepper_counts": {f"{r:g}": P.noise_count(r, self.shape) for r in self.config.salt_pepper_rates},
+            "salt_pepper_counts": self.noise_counts(),
+            "salt_pepper_rule": "M noisy channel values per image = round(λ·H·W·C), at least 1 and at least one "
+                                "more than the level with the next smaller λ",
             "paper": {"grayscale_top1": paper_grayscale_top1,
                       "what": "paper 4 5.3.1: its encoder-decoder on 100 random grayscale Tiny ImageNet val images"},
         }
@@ -75,14 +82,12 @@ class PerturbStudy:
                              f"{r['delta_conf_true']:+.2f}"))
         body += [(s["label"], "all", s["reason"], "", "", "", "", "") for s in self.skipped]
         notes = ["", "Notes:"]
+        counts = self.noise_counts()
         for p in self.perturbations:
             if "rate" in p.params:
-                m = P.noise_count(p.params["rate"], self.shape)
-                note = (f"- {p.label}: M = round(λ·H·W·C) = round({p.params['rate']:g}·{h * w * c}) = {m} channel "
-                        "values per image")
-                if m == 0:
-                    note += " — no value changes at this image size, so the row equals clean"
-                notes.append(note + ".")
+                m = counts[f"{p.params['rate']:g}"]
+                notes.append(f"- {p.label}: {m} channel value{'s' if m != 1 else ''} per image set to 0 or 255 "
+                             f"({P.noise_rule(p.params['rate'], m, self.shape)}).")
         gray = next((r for r in self.rows if r["perturbation"] == "grayscale" and r["model"] == "encdec"), None)
         ours = (f"ours (encdec, whole test set): {gray['top1']:.2f} %" if gray is not None else
                 "ours: " + next((s["reason"] for s in self.skipped if s["name"] == "grayscale"), "not evaluated"))
@@ -119,6 +124,7 @@ def perturbation_study(raw: D.RawDataset, models: Mapping[str, tuple[torch.nn.Mo
         if (spec["in_channels"], spec["image_size"]) != (shape[0], shape[1]):
             raise CheckpointError(f"--{name}: model expects {spec['in_channels']}×{spec['image_size']} px input, "
                                   f"the {raw.name} test set is {shape[0]}×{shape[1]} px")
+    P.noise_counts(cfg.salt_pepper_rates, shape)  # fails now, before any evaluation, if the levels cannot differ
     perts = P.perturbations(cfg)
     skipped = [{"name": p.name, "label": p.label, "reason": reason} for p in perts
                if (reason := P.applicability(p, shape[0])) is not None]

@@ -16,6 +16,8 @@ from cnnvis.config import ModelConfig, parse
 from cnnvis.models import build_model, count_parameters
 from cnnvis.similarity import Redundancy, SimilarityConfig
 
+from conftest import ROOT
+
 
 def red(k: int, distinct: int, dead: int = 0) -> Redundancy:
     return Redundancy(num_kernels=k, dead_kernels=tuple(range(dead)), mean_similarity=0.6, pair_std=0.05,
@@ -155,34 +157,89 @@ def test_measure_real_deconvnet_leaves_model_unchanged(tiny_p1):
     assert all(torch.equal(before[k], v) for k, v in tiny_p1.state_dict().items())
 
 
+def _row(ds, before, after, control):
+    def s(v):
+        return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "n": len(v),
+                "values": v}
+    return {"dataset": ds, "name": ds.upper(), "seeds": list(range(len(after))), "epochs": {"before": 4, "after": 4},
+            "widths": {"before": [32, 64], "after": [21, 96], "control": [33, 66]},
+            "parameters": {"before": 1000, "after": 1200, "control": 1190},
+            "before": s(before), "after": s(after), "control": s(control)}
+
+
+REFERENCE = ROOT / "reports" / "paper_reference.yaml"
+
+
 def test_table1_markdown_and_stage(tmp_path):
-    from stages import table1
-    from stages.table1 import table1_markdown
+    from cnnvis.studies.retrain import table1, table1_markdown
+    from stages import table1 as stage
 
-    def row(ds, before, after, control):
-        def s(v):
-            return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "n": len(v),
-                    "values": v}
-        return {"dataset": ds, "name": ds.upper(), "seeds": list(range(len(after))), "epochs": {"before": 4, "after": 4},
-                "widths": {"before": [32, 64], "after": [21, 96], "control": [33, 66]},
-                "parameters": {"before": 1000, "after": 1200, "control": 1190},
-                "before": s(before), "after": s(after), "control": s(control),
-                "paper": {"before": 98.07, "after": 99.42} if ds == "mnist" else None}
-
-    md = table1_markdown([row("mnist", [98.0, 98.2], [98.5, 98.7], [98.6, 98.9])])
-    assert "| MNIST | 2 | 98.07 | 99.42 | 98.10 ± 0.14 | 98.60 ± 0.14 | 98.75 ± 0.21 |" in md
+    reference = yaml.safe_load(REFERENCE.read_text())
+    md = table1_markdown(table1({"mnist": _row("mnist", [98.0, 98.2], [98.5, 98.7], [98.6, 98.9])}, ["mnist"],
+                                reference))
+    assert "| MNIST | 2 | 98.07 | 99.42 | 98.10 ± 0.14 | 98.60 ± 0.14 | 98.75 ± 0.21 |" in md  # paper's from the file
     assert "control wins by 0.15 (within one std)" in md
     rows = tmp_path / "rows"
     rows.mkdir()
     for ds in ("fashion_mnist", "mnist", "cifar10"):
-        (rows / f"{ds}.json").write_text(json.dumps(row(ds, [90.0], [91.0], [90.5])))
+        (rows / f"{ds}.json").write_text(json.dumps(_row(ds, [90.0], [91.0], [90.5])))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"dataset": {"fashion_mnist": {}, "mnist": {}}, "hardware": {}}))
     out = tmp_path / "table1.md"
-    table1.main(["--rows", str(rows), "--table", str(out), "--params", str(params)])
+    stage.main(["--rows", str(rows), "--reference", str(REFERENCE), "--table", str(out), "--params", str(params)])
     body = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [line.split("|")[1].strip() for line in body] == ["MNIST", "FASHION_MNIST"]  # paper order, selected only
     assert "adjusted wins by 0.50 (n=1: no spread)" in body[0]
+    assert body[1].split("|")[3:5] == [" — ", " — "]  # no paper numbers for a dataset the paper does not report
+
+
+def test_table1_paper_numbers_and_order_come_from_the_reference(tmp_path):
+    from cnnvis import ConfigError, DataError
+    from cnnvis.studies.retrain import table1, table1_markdown
+
+    reference = yaml.safe_load(REFERENCE.read_text())
+    spec = next(t for t in reference["tables"] if t["id"] == "p1_table1")
+    spec["paper_rows"] = [dict(spec["paper_rows"][1], before=11.5), spec["paper_rows"][0]]  # cifar10 first
+    rows = {ds: _row(ds, [90.0], [91.0], [90.5]) for ds in ("mnist", "cifar10")}
+    body = [line for line in table1_markdown(table1(rows, ["mnist", "cifar10"], reference)).splitlines()
+            if line.startswith("| ") and "---" not in line][1:]
+    assert [line.split("|")[1].strip() for line in body] == ["CIFAR10", "MNIST"]
+    assert body[0].split("|")[3].strip() == "11.5"
+    with pytest.raises(DataError, match=r"no Table I row of dataset cifar100 .*retrain@cifar100"):
+        table1(rows, ["mnist", "cifar100"], reference)
+    with pytest.raises(ConfigError, match="no table 'p1_table1'"):
+        table1(rows, ["mnist"], {"tables": []})
+
+
+def test_table1_stage_missing_reference_is_one_line(tmp_path, capsys):
+    from stages import table1 as stage
+
+    (tmp_path / "rows").mkdir()
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"dataset": {"mnist": {}}, "hardware": {}}))
+    with pytest.raises(SystemExit) as e:
+        stage.main(["--rows", str(tmp_path / "rows"), "--reference", str(tmp_path / "nope.yaml"),
+                    "--table", str(tmp_path / "t.md"), "--params", str(params)])
+    assert e.value.code == 2 and "nope.yaml: missing" in capsys.readouterr().err
+    assert not (tmp_path / "t.md").exists()
+
+
+def test_probe_images_follow_the_visualize_indices():
+    from cnnvis import DataError
+    from cnnvis import data as D
+    from cnnvis.studies.adjust import Probes, probe_images
+
+    train, test, classes = D.make_synthetic(28, 64, 32, seed=0)
+    raw = D.RawDataset("synthetic", train, test, classes, "synthetic")
+    probes = Probes.from_arrays({"probe_indices": np.array([5, 2, 9]), "probe_labels": test.labels[[5, 2, 9]]})
+    spec = {"mean": [0.5], "std": [0.25]}
+    x, labels = probe_images(raw, probes, 2, spec)
+    assert x.shape == (2, 1, 28, 28) and labels.tolist() == test.labels[[5, 2]].tolist()
+    assert torch.allclose(x[1], (torch.as_tensor(test.images[2]).permute(2, 0, 1).float() / 255 - 0.5) / 0.25)
+    with pytest.raises(DataError, match="outside the test split"):
+        probe_images(raw, Probes(np.array([32]), np.array([0])), None, spec)
+    with pytest.raises(DataError, match="no probe_indices"):
+        Probes.from_arrays({"layers": np.array(["a"])})
 
 
 @pytest.mark.slow
@@ -191,9 +248,10 @@ def test_similarity_adjust_retrain_table_on_synthetic(tmp_path):
     from cnnvis import data as D
     from cnnvis.attribution.deconvnet import project_feature_maps
     from cnnvis.config import HardwareConfig, TrainConfig, to_dict
+    from cnnvis.io import save_json
     from cnnvis.models import conv_layers, load_checkpoint
+    from cnnvis.studies.training import fit
     from stages import adjust_architecture, retrain, similarity, table1
-    from stages.train_baseline import fit
 
     train, test, classes = D.make_synthetic(28, 512, 128, seed=0)
     raw = tmp_path / "raw"
@@ -203,8 +261,10 @@ def test_similarity_adjust_retrain_table_on_synthetic(tmp_path):
     train_cfg = TrainConfig(epochs=2, batch_size=64, val_size=64, augment="none")
     hw = HardwareConfig(threads=1, progress="none")
     m = tmp_path / "m"
-    fit(raw, model_cfg, train_cfg, hw, out=m / "baseline.pt", metrics_path=m / "baseline.json", live_dir=None,
-        resume_dir=None, tag="baseline")
+    m.mkdir()
+    trained = fit(D.load_npz(raw), model_cfg, train_cfg, hw, tag="baseline")
+    trained.checkpoint().save(m / "baseline.pt")
+    save_json(m / "baseline.json", trained.metrics)
     model, state = load_checkpoint(m / "baseline.pt")
     idx = np.arange(4)
     x = D.normalize(D.to_tensor(test.images[idx]), state["spec"]["mean"], state["spec"]["std"])
@@ -237,9 +297,13 @@ def test_similarity_adjust_retrain_table_on_synthetic(tmp_path):
                   "--figures", str(tmp_path / "fig_adj"), "--resume-dir", str(tmp_path / "resume")])
     adj = json.loads((m / "adjusted.json").read_text())
     assert adj["widths"]["after"] == yaml.safe_load((m / "adjusted.yaml").read_text())["widths"]
+    assert load_checkpoint(m / "adjusted.pt")[1]["model"]["widths"] == adj["widths"]["after"]
+    assert load_checkpoint(m / "control.pt")[1]["model"]["widths"] == adj["widths"]["control"]
     ratio = adj["parameters"]["control"] / adj["parameters"]["after"]
     assert 0.8 < ratio < 1.2 and adj["widths"]["control"] != adj["widths"]["after"]
     figures = {f.name for f in (tmp_path / "fig_adj").iterdir()}  # each figure once: paper name, else generic
     assert figures == {"p1_fig13.png", "p1_fig14.png", "maps_features.conv1.png", "matrix_features.conv1.png"}
-    table1.main(["--params", str(params), "--rows", str(tmp_path / "rows"), "--table", str(tmp_path / "table1.md")])
+    assert not list((tmp_path / "resume").iterdir())  # resume state removed once each training finished
+    table1.main(["--params", str(params), "--rows", str(tmp_path / "rows"), "--reference", str(REFERENCE),
+                 "--table", str(tmp_path / "table1.md")])
     assert "| synthetic | 1 |" in (tmp_path / "table1.md").read_text()

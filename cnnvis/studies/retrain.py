@@ -1,0 +1,250 @@
+"""Study of stages `retrain` and `table1`: paper 1's Table I, the adjusted architecture against the baseline and a
+uniform-width control.
+
+Per seed (``adjust.seeds`` seeds from ``train.seed``): the adjusted model, the
+control (every layer widened/narrowed by one shared factor to the adjusted
+model's parameter count: the same capacity change without pHash guidance) and,
+for seeds beyond the baseline's own, the baseline architecture again; all with
+the same recipe (plus the adjust stage's extra epochs, if rule (1) fired — the
+control gets them too, the "before" column does not). The first seed's models
+are kept. Paper 1 Fig 13 / 14 are drawn from the adjusted model.
+
+Table I is cross-dataset while `retrain` runs once per dataset, so each run
+gives its own row and ``table1`` joins the rows of the selected datasets, the
+paper's datasets first, in the paper's order, with the paper's numbers from
+reports/paper_reference.yaml.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+from torch import nn
+
+from cnnvis import ConfigError, DataError, models
+from cnnvis import adjust as A
+from cnnvis import data as D
+from cnnvis.config import ModelConfig, TrainConfig, parse, to_dict
+from cnnvis.models import conv_layers
+from cnnvis.paper_reference import paper_numbers
+from cnnvis.report import md_table
+from cnnvis.similarity import SimilarityConfig
+from cnnvis.studies.adjust import Probes, probe_images
+from cnnvis.studies.similarity import LayerStudy, layer_study
+from cnnvis.studies.training import Trained
+
+DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "fashion_mnist": "Fashion-MNIST",
+                 "tiny_imagenet": "Tiny ImageNet", "digits": "digits (sklearn)", "synthetic": "synthetic"}
+TABLE_ID = "p1_table1"  # in reports/paper_reference.yaml
+COLUMNS = ("before", "after", "control")
+
+
+@dataclass(frozen=True)
+class Adjusted:
+    """adjusted.yaml of the adjust-architecture stage."""
+
+    model: ModelConfig  # the adjusted architecture
+    baseline: ModelConfig  # the same with the baseline's widths
+    train_overrides: dict
+
+    @classmethod
+    def from_doc(cls, doc: object, where: str = "adjusted.yaml") -> Adjusted:
+        if not isinstance(doc, dict) or "model" not in doc:
+            raise ConfigError(f"{where}: no 'model' section; rerun the adjust-architecture stage")
+        return cls(parse(ModelConfig, doc["model"], f"{where}:model"),
+                   parse(ModelConfig, {**doc["model"], "widths": doc["baseline_widths"]}, "baseline model"),
+                   dict(doc.get("train_overrides") or {}))
+
+
+def summary(values: list[float]) -> dict:
+    return {"mean": round(statistics.fmean(values), 3),
+            "std": round(statistics.stdev(values), 3) if len(values) > 1 else 0.0, "n": len(values), "values": values}
+
+
+def with_(cfg: ModelConfig | TrainConfig, **changes: object) -> ModelConfig | TrainConfig:
+    return parse(type(cfg), {**to_dict(cfg), **changes}, "model" if isinstance(cfg, ModelConfig) else "train")
+
+
+TrainFn = Callable[[str, ModelConfig, TrainConfig], Trained]  # (tag, model, recipe) → the trained run
+
+
+@dataclass(frozen=True)
+class RetrainStudy:
+    seeds: tuple[int, ...]
+    adjusted: Trained  # the first seed's models: the kept checkpoints
+    control: Trained
+    recipe: TrainConfig  # of the adjusted model and the control
+    overrides: dict
+    baseline_epochs: int
+    widths: dict  # before / after / control → conv widths
+    parameters: dict  # before / after / control → parameter count
+    results: dict  # before / after / control → summary over seeds (test top-1 %)
+    runs: dict  # before / after / control → one record per seed
+    layers: tuple[LayerStudy, ...]  # the adjusted model's similarity on every probe image
+    probe_label: str
+    similarity: SimilarityConfig
+
+    def metrics(self, dataset: str) -> dict:
+        res, runs = self.results, self.runs
+        return {"dataset": dataset, "tag": "adjusted", "model": to_dict(self.adjusted.model_cfg),
+                "control_model": to_dict(self.control.model_cfg), "recipe": to_dict(self.recipe),
+                "train_overrides": self.overrides, "test": runs["after"][0]["test"] if runs["after"] else None,
+                "top1": res.get("after"), "control_top1": res.get("control"),
+                "before": {"top1": res["before"]["mean"], **res["before"]},
+                "control": {"top1": res["control"]["mean"], **res["control"]},
+                "parameters": self.parameters, "widths": self.widths,
+                "runs": runs, "similarity_after": [layer.record() for layer in self.layers]}
+
+    def row(self, dataset: str) -> dict:
+        """This dataset's Table I row (the paper's numbers are joined in by ``table1``)."""
+        return {"dataset": dataset, "name": DATASET_NAMES.get(dataset, dataset), "seeds": list(self.seeds),
+                "epochs": {"before": self.baseline_epochs, "after": self.recipe.epochs, "control": self.recipe.epochs},
+                "widths": self.widths, "parameters": self.parameters, **self.results}
+
+    def figures(self) -> Iterator[tuple[str, plt.Figure]]:
+        """Paper 1 Fig 13 / 14 (the last conv layer), maps + matrix of every other conv layer."""
+        from cnnvis.plotting.similarity import layer_figures
+
+        last = len(self.layers) - 1
+        figures = layer_figures(self.layers, self.similarity, probe_label=self.probe_label,
+                                model_tag="adjusted model", paper={last: {"groups": "p1_fig13", "matrix": "p1_fig14"}})
+        # the suffix spelled out: a layer name such as features.conv1 would otherwise read as one
+        return ((f"{stem}.png", fig) for stem, fig in figures)
+
+
+def as_saved(t: Trained) -> nn.Module:
+    """The model as its checkpoint rebuilds it (``cnnvis.models.load_checkpoint``): a fresh module in eval mode."""
+    spec = t.spec
+    model = models.build_model(with_(t.model_cfg, pretrained=False), in_channels=spec["in_channels"],
+                               num_classes=spec["num_classes"], image_size=spec["image_size"])
+    model.load_state_dict({k: v.detach().cpu() for k, v in t.model.state_dict().items()})
+    return model.eval()
+
+
+def retrain_study(raw: D.RawDataset, adjusted: Adjusted, baseline_metrics: dict, probes: Probes,
+                  train_cfg: TrainConfig, sim_cfg: SimilarityConfig, cfg: A.AdjustConfig, *, train: TrainFn,
+                  baseline_source: str) -> RetrainStudy:
+    """Train every seed's adjusted model, control and (beyond the baseline's own seed) baseline with ``train``;
+    measure the first adjusted model's similarity on every probe image. ``baseline_source`` names the baseline
+    metrics the "before" column takes for the baseline's own seed."""
+    recipe = parse(TrainConfig, {**to_dict(train_cfg), **adjusted.train_overrides}, "adjusted.yaml:train_overrides")
+    base_cfg = adjusted.baseline
+    seeds = tuple(train_cfg.seed + i for i in range(cfg.seeds))
+    values: dict[str, list] = {k: [] for k in COLUMNS}
+    runs: dict[str, list] = {k: [] for k in COLUMNS}
+    kept: dict[str, Trained] = {}
+    for k, seed in enumerate(seeds):
+        a = train("adjusted", adjusted.model, with_(recipe, seed=seed))
+        values["after"].append(a.metrics["test"]["top1"])
+        runs["after"].append(a.run_record())
+        if k == 0:
+            spec = a.spec
+            target = models.count_parameters_of(adjusted.model, spec)
+
+            def count(ws: tuple[int, ...], spec: dict = spec) -> int:
+                return models.count_parameters_of(with_(base_cfg, widths=list(ws)), spec)
+
+            control_cfg = with_(base_cfg, widths=list(A.uniform_control_widths(base_cfg.widths, count, target)))
+            kept["adjusted"] = a
+        c = train("control", control_cfg, with_(recipe, seed=seed))
+        values["control"].append(c.metrics["test"]["top1"])
+        runs["control"].append(c.run_record())
+        kept.setdefault("control", c)
+        if seed == baseline_metrics.get("seed", train_cfg.seed):
+            values["before"].append(baseline_metrics["test"]["top1"])
+            runs["before"].append({"seed": seed, "test_top1": baseline_metrics["test"]["top1"],
+                                   "source": baseline_source})
+        else:
+            b = train("baseline", base_cfg, with_(train_cfg, seed=seed))
+            values["before"].append(b.metrics["test"]["top1"])
+            runs["before"].append(b.run_record())
+
+    model = as_saved(kept["adjusted"])
+    x, labels = probe_images(raw, probes, None, spec)
+    layers = tuple(layer_study(name, i, A.reconstruct(model, i, x, mode=cfg.deconv_mode, rectify=cfg.deconv_rectify),
+                               sim_cfg) for i, (name, _) in enumerate(conv_layers(model)))
+    classes = spec.get("classes") or []
+    label = f"probe image 0, class {classes[int(labels[0])] if classes else int(labels[0])}"
+    return RetrainStudy(
+        seeds, kept["adjusted"], kept["control"], recipe, adjusted.train_overrides, train_cfg.epochs,
+        widths={"before": list(base_cfg.widths), "after": list(adjusted.model.widths),
+                "control": list(control_cfg.widths)},
+        parameters={"before": models.count_parameters_of(base_cfg, spec), "after": target,
+                    "control": models.count_parameters_of(control_cfg, spec)},
+        results={k: summary(v) for k, v in values.items() if v}, runs=runs, layers=layers, probe_label=label,
+        similarity=sim_cfg)
+
+
+# --------------------------------------------------------------------------- Table I across datasets
+
+
+@dataclass(frozen=True)
+class Table1:
+    rows: tuple[dict, ...]  # the retrain rows of the selected datasets, in table order
+    paper: Mapping[str, Mapping]  # dataset → the paper's numbers (before, after)
+
+
+def paper_table1(reference: Mapping, source: str = "paper_reference.yaml") -> dict[str, dict[str, float]]:
+    """The paper's Table I (table p1_table1 of reports/paper_reference.yaml): dataset → {before, after}, in the
+    paper's order."""
+    tables = reference.get("tables") if isinstance(reference, Mapping) else None
+    table = next((t for t in tables or () if isinstance(t, Mapping) and t.get("id") == TABLE_ID), {})
+    datasets = {r["label"]: r["dataset"] for r in table.get("paper_rows") or () if isinstance(r, Mapping)}
+    numbers = paper_numbers(reference, TABLE_ID, tuple(datasets), ("before", "after"), source=source)
+    return {datasets[label]: v for label, v in numbers.items()}
+
+
+def table1(rows: Mapping[str, dict], selected: Sequence[str], reference: Mapping,
+           source: str = "paper_reference.yaml") -> Table1:
+    """The rows of the ``selected`` datasets: the paper's datasets first (paper order), then the rest by name."""
+    paper = paper_table1(reference, source)
+    order = [d for d in paper if d in selected] + sorted(d for d in selected if d not in paper)
+    missing = [d for d in order if d not in rows]
+    if missing:
+        raise DataError(f"no Table I row of dataset {missing[0]} in the rows directory; run "
+                        f"`dvc repro retrain@{missing[0]}` first")
+    return Table1(tuple(rows[d] for d in order), paper)
+
+
+def _fmt(s: dict | None) -> str:
+    if not s:
+        return "—"
+    return f"{s['mean']:.2f} ± {s['std']:.2f}" if s["n"] > 1 else f"{s['mean']:.2f}"
+
+
+def _verdict(r: dict) -> str:
+    after, control = r.get("after"), r.get("control")
+    if not (after and control):
+        return "—"
+    diff = after["mean"] - control["mean"]
+    verdict = ("adjusted wins" if diff > 0 else "control wins" if diff < 0 else "tie") + f" by {abs(diff):.2f}"
+    if r["seeds"] and len(r["seeds"]) > 1 and abs(diff) <= max(after["std"], control["std"]):
+        verdict += " (within one std)"
+    elif len(r["seeds"]) == 1:
+        verdict += " (n=1: no spread)"
+    return verdict
+
+
+TABLE1_HEADERS = ("dataset", "n", "paper before", "paper after", "ours before", "ours after", "control",
+                  "widths before → after (control)", "parameters before → after", "guidance vs control")
+
+
+def table1_markdown(t: Table1) -> str:
+    """Paper 1 Table I with our numbers beside the paper's and the uniform-width control."""
+    cells = []
+    for r in t.rows:
+        paper, w, n = t.paper.get(r["dataset"], {}), r["widths"], r["parameters"]
+        cells.append((r["name"], len(r["seeds"]), paper.get("before", "—"), paper.get("after", "—"),
+                      _fmt(r.get("before")), _fmt(r.get("after")), _fmt(r.get("control")),
+                      f"{w['before']} → {w['after']} ({w['control']})", f"{n['before']:,} → {n['after']:,}",
+                      _verdict(r)))
+    epochs = "; ".join(f"{r['name']} {r['epochs']['before']} / {r['epochs']['after']}" for r in t.rows)
+    return "\n".join([
+        "# Table I — test accuracy (%) before and after the pHash-guided width adjustment", "",
+        "Paper 1 §IV, Table I. *Ours*: mean ± std over n seeds (`adjust.seeds`). *Control*: the same parameter count "
+        "as the adjusted model, reached by widening every conv layer by one shared factor (no pHash guidance), "
+        "trained with the same recipe as the adjusted model. Widths are the conv layers' kernel counts.", "",
+        md_table(TABLE1_HEADERS, cells), "", "Epochs (before / after and control): " + epochs, ""])

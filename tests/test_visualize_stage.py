@@ -47,7 +47,7 @@ def setup(tmp_path, tiny_p1):
 def _args(tmp_path, **over):
     a = {"--dataset": "synthetic", "--model": tmp_path / "baseline.pt", "--data": tmp_path / "raw",
          "--figures": tmp_path / "figs", "--recon": tmp_path / "vis" / "reconstructions.npz",
-         "--metrics": tmp_path / "m" / "visualize.json", "--params": tmp_path / "params.yaml", **over}
+         "--metrics": tmp_path / "m" / "visualize.json", "--record": tmp_path / "m" / "record.json", "--params": tmp_path / "params.yaml", **over}
     return [str(x) for kv in a.items() for x in kv]
 
 
@@ -85,7 +85,11 @@ def test_visualize_stage_writes_figures_recon_and_metrics(setup):
     assert m["checkpoint"] == str(tmp_path / "baseline.pt") and m["test_top1_checkpoint"] == 10.0
     assert m["synthesis"]["actmax_channels"]["channels"] == 4
     assert set(m["synthesis"]["inversion"]) == {"features.conv1", "features.conv2", "logits"}
-    assert set(m["timings"]) >= {"reconstructions_s", "faithfulness_s", "synthesis_s"} and "stage_seconds" in m
+    assert "timings" not in m and "config" not in m  # how the run went is in the run record, not the results
+    r = json.loads((tmp_path / "m" / "record.json").read_text())
+    assert set(r["timings"]) >= {"reconstructions_s", "faithfulness_s", "synthesis_s"} and "stage_seconds" in r
+    assert r["config"]["figure_classes"] == [0, 1, 2] and set(r["synthesis"]["timings"]) == {
+        "actmax_s", "inversion_s", "activations_s"}
 
 
 def test_methods_come_from_the_registry():

@@ -59,6 +59,7 @@ class Input:
     help: str = ""
     required: bool = True
     made_by: str | None = None  # the stage that writes it ("git": a committed file), named when it is missing
+    skippable: bool = False  # with --skip-missing (runs outside DVC), a missing file is left out, not an error
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,10 @@ class Stage:
         for name, default in self.scratch.items():
             p.add_argument(self.flag(name), dest=name, type=Path, default=default,
                            help=f"scratch, not a DVC output (default: {default})")
+        skippable = [self.flag(n) for n, spec in self.inputs.items() if spec.skippable]
+        if skippable:
+            p.add_argument("--skip-missing", action="store_true",
+                           help=f"leave out {', '.join(skippable)} where the file does not exist (runs outside DVC)")
         p.add_argument("--params", type=Path, default=Path("params.yaml"),
                        help="params file composed from conf/ (default: params.yaml)")
         return p
@@ -259,8 +264,13 @@ def execute(stage: Stage, args: argparse.Namespace) -> None:
             created += check_writable(target, directory=outputs[name].directory)
         hw = params["hardware"]
         apply_hardware(hw)
-        inputs = {name: load_input(getattr(args, name), spec) for name, spec in stage.inputs.items()
-                  if getattr(args, name) is not None}
+        inputs = {}
+        for name, spec in stage.inputs.items():
+            path = getattr(args, name)
+            if path is not None and spec.skippable and getattr(args, "skip_missing", False) and not path.exists():
+                log.info("%s: %s missing, left out (--skip-missing)", stage.flag(name), path)
+            elif path is not None:
+                inputs[name] = load_input(path, spec)
         with staged_outputs(targets, outputs) as out:
             ctx = Context(stage, args, dataset, params, inputs, out, hw)
             values = dict(stage.run(ctx) or {})

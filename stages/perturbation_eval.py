@@ -16,9 +16,6 @@ from --reference (table p4_perturbation).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import yaml
 
 import cnnvis.encdec  # noqa: F401  (registers "encdec" in cnnvis.models.MODELS for load_checkpoint)
@@ -50,30 +47,14 @@ STAGE = Stage(
     inputs={"data": Input(load_npz, "data/raw/<dataset> of the download stage", made_by="download"),
             "reference": Input(lambda p: yaml.safe_load(p.read_text()), "the papers' numbers (a committed file)",
                                made_by="git"),
-            **{m: Input(load_checkpoint, f"checkpoint of the {m} model", required=False, made_by=stage)
+            **{m: Input(load_checkpoint, f"checkpoint of the {m} model", required=False, made_by=stage, skippable=True)
                for m, stage in MODELS.items()}},
     outputs={"metrics": Output(save_json), "table": Output(save_text, help="the stage's table in Markdown"),
              "figures": Output(save_figures, directory=True, help="directory of this stage's figures")},
 )
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``STAGE.main``; with ``--skip-missing``, every model flag naming a missing file is dropped first."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--skip-missing" in argv:
-        argv.remove("--skip-missing")
-        flags, kept, i = {STAGE.flag(m) for m in MODELS}, [], 0
-        while i < len(argv):
-            flag, eq, value = argv[i].partition("=")
-            n = 2 if flag in flags and not eq else 1  # `--baseline PATH` or `--baseline=PATH`
-            path = value if eq else " ".join(argv[i + 1 : i + n])
-            if flag in flags and path and not Path(path).exists():
-                print(f"perturbation-eval: {flag} {path} missing, skipped (--skip-missing)", file=sys.stderr)
-            else:
-                kept += argv[i : i + n]
-            i += n
-        argv = kept
-    STAGE.main(argv)
+main = STAGE.main
 
 
 if __name__ == "__main__":

@@ -174,7 +174,7 @@ class EncDecStudy:
                   f"{self.spec['image_size']} px", self.config.train.epochs) for model, t in ours]
         return "\n".join([
             f"# Table 1 — encoder-decoder vs plain ResNet-18 ({self.dataset})", "",
-            md_table(("source", "model", "top-1 %", "top-5 %", "dataset", "input", "epochs"), rows), "",
+            md_table(("source", "model", "top-1 %", "top-5 %", "dataset", "input", "epochs"), rows, align="llrrlll"), "",
             "Paper numbers: Tiny ImageNet, 80 epochs, full-width pretrained ResNet-18 on a K80. Ours: this run's "
             "dataset, recipe (`encdec.train`) and trunk width (`encdec.width_multiplier`); both of our models share "
             "trunk, stem, data and recipe. Top-5 of a 10-class problem is near 100 % by construction.", ""])

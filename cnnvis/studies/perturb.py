@@ -98,7 +98,7 @@ class PerturbStudy:
                 "normalization, seeded; Δ = perturbed − clean in percentage points. conf(pred) / conf(true): mean "
                 "softmax probability of the predicted / the true class.", ""]
         headers = ("perturbation", "model", "top-1 %", "Δ top-1", "conf(pred) %", "Δ", "conf(true) %", "Δ")
-        return "\n".join([*head, md_table(headers, body), *notes]) + "\n"
+        return "\n".join([*head, md_table(headers, body, align="llrrrrrr"), *notes]) + "\n"
 
 
 def evaluation_images(raw: D.RawDataset, cfg: P.PerturbConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Attribution speed, as ratios measured in one run (issue 3).
+"""Attribution speed, as ratios measured in one run.
 
     python -m benchmarks.attribution [--model data/models/fashion_mnist/baseline.pt] [--images 256] [--threads 1]
 

@@ -208,7 +208,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class HardwareConfig:
     """Execution settings. Read by stages but never part of a cmd: switching
-    hardware does not invalidate results (DESIGN.md)."""
+    hardware does not invalidate results."""
 
     device: str = opt("cpu", choices=("cpu", "cuda", "auto"))
     threads: int = opt(0, ge=0)  # torch intra-op threads; 0 = all cores

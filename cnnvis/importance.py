@@ -18,7 +18,7 @@ a loop of one ``autograd.grad`` per image and to ``torch.func.vmap(grad)``.
 differences, every perturbed weight restored, plus the directional derivative
 along each filter's unit gradient, which must equal the importance itself).
 Paper 3's own check used ε = 1e-9 on float32 weights, never restored them and
-compared different images (ANCHOR-NOTES.md).
+compared different images.
 """
 
 from __future__ import annotations

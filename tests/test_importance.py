@@ -146,7 +146,7 @@ def test_finite_difference_check_detects_a_wrong_gradient(monkeypatch):
 
 
 def test_paper3_float32_step_1e_9_is_below_float32_spacing():
-    """Why paper 3's check failed: w ± 1e-9 is w itself in float32 once |w| > ~0.02 (ANCHOR-NOTES.md)."""
+    """Why paper 3's check failed: w ± 1e-9 is w itself in float32 once |w| > ~0.02."""
     w = torch.tensor([0.05, 0.3], dtype=torch.float32)
     assert torch.equal(w + 1e-9, w)
     assert not torch.equal(w.double() + 1e-4 * w.double().abs().clamp_min(1), w.double())

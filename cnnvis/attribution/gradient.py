@@ -1,7 +1,7 @@
 """Gradient of the target class score w.r.t. the input, with an optional ReLU backward rule.
 
 The base of saliency (rule None), guided backprop ("guided") and deconvnet
-("deconvnet"): the three differ only in how gradients pass ReLUs (ANCHOR-NOTES).
+("deconvnet"): the three differ only in how gradients pass ReLUs (Springenberg et al. 2015, Zeiler & Fergus 2014).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ class VisualizeConfig:
     # baselines of both deletion and insertion: black, mean (the dataset's mean pixel), blur, road (Rong et al. 2022)
     faithfulness_baselines: tuple[str, ...] = opt(("black", "blur", "road"), choices=("black", "mean", "blur", "road"),
                                                   min_length=1)
-    faithfulness_random_maps: int = opt(8, ge=1)  # the control: independent uniform random maps per image
+    faithfulness_random_maps: int = opt(4, ge=1)  # the control: independent uniform random maps per image
     faithfulness_alpha: float = opt(0.05, gt=0.0, lt=1.0)  # level of the Wilcoxon test against the random control
     faithfulness_bootstrap: int = opt(10000, ge=100)  # resamples of the 95 % bootstrap CIs
     deletion_baseline: str = opt("black", choices=("black", "mean", "blur", "road"))  # the figure's deletion curves

@@ -387,7 +387,7 @@ class FaithfulnessStudy:
 def faithfulness_study(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                        maps: Mapping[str, torch.Tensor], *, black: torch.Tensor | None, sign: str = SIGN,
                        steps: int = 14, baselines: Sequence[str] = ("black", "blur", "road"), blur_sigma: float = 2.0,
-                       road_noise: float = 0.01, random_maps: int = 8, alpha: float = 0.05, confidence: float = 0.95,
+                       road_noise: float = 0.01, random_maps: int = 4, alpha: float = 0.05, confidence: float = 0.95,
                        bootstrap: int = 10_000, seed: int = 0, batch_size: int = 1024) -> FaithfulnessStudy:
     """Deletion and insertion with every baseline for each attribution map, against random maps.
 

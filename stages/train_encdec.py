@@ -4,7 +4,8 @@ r"""Stage `train-encdec`: paper 4's encoder-decoder, its maps during training, T
         --reference reports/paper_reference.yaml \
         --out data/models/fashion_mnist/encdec.pt --metrics reports/metrics/fashion_mnist/encdec.json \
         --snapshots data/arrays/fashion_mnist/encdec_snapshots.npz \
-        --table reports/tables/fashion_mnist/table1_encdec.md --figures reports/figures/fashion_mnist/encdec
+        --table reports/tables/fashion_mnist/table1_encdec.md --figures reports/figures/fashion_mnist/encdec \
+        --live reports/live/fashion_mnist/encdec
 
 Trains the encoder-decoder (section `encdec`, recipe `encdec.train`) while
 recording the class maps of fixed probe test images at `encdec.snapshot_epochs`
@@ -38,7 +39,9 @@ def run(ctx: Context) -> dict:
     cfg = ctx.section("encdec")
     paper = paper_numbers(ctx.inputs["reference"], TABLE1_ID, tuple(TABLE1_PAPER_ROWS), TABLE1_COLUMNS,
                           source=str(ctx.path("reference")))
-    with epochs(ctx, "encdec", cfg) as enc, epochs(ctx, "encdec-resnet18", cfg) as res:
+    live = ctx.out.get("live")  # DVCLive curves of both trainings, one folder each
+    with epochs(ctx, "encdec", cfg, live=live and live / "encdec") as enc, \
+            epochs(ctx, "encdec-resnet18", cfg, live=live and live / "resnet18") as res:
         study = encdec_study(ctx.inputs["data"], cfg, ctx.hardware, epochs=(enc, res))
     return {"out": study.checkpoint(), "metrics": study.metrics(), "snapshots": study.snapshots.arrays(study.classes),
             "table": study.table1(paper), "figures": encdec_figures(study)}
@@ -53,7 +56,8 @@ STAGE = Stage(
     outputs={"out": Output(lambda p, c: c.save(p), help="the encoder-decoder's checkpoint"),
              "metrics": Output(save_json), "snapshots": Output(save_npz, help="npz of the probe maps per snapshot"),
              "table": Output(save_text, help="Table 1 in Markdown"),
-             "figures": Output(save_figures, directory=True, help="directory of this stage's figures")},
+             "figures": Output(save_figures, directory=True, help="directory of this stage's figures"),
+             "live": Output(directory=True, required=False, help="DVCLive directory: learning curves of both models")},
     scratch={"resume_dir": Path("data/resume")},
 )
 main = STAGE.main

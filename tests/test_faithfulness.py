@@ -150,12 +150,12 @@ def test_insertion_is_deletion_of_the_reversed_order(baseline):
 
 
 def test_road_removes_a_region_by_its_neighbours():
-    """A smooth image (a ramp) with a hole: ROAD fills it with the ramp, black with a constant."""
+    """A ramp with a hole: ROAD fills the hole with the ramp (a linear image is its own linear imputation)."""
     ramp = torch.linspace(-1, 1, 8).expand(8, 8).clone()[None, None]
     known = torch.ones(1, 8, 8, dtype=torch.bool)
     known[0, 2:6, 2:6] = False
     filled = F.noisy_linear_imputation(ramp, known, noise=0.0)
-    torch.testing.assert_close(filled, ramp, atol=1e-6, rtol=0)  # a linear image is its own linear imputation
+    torch.testing.assert_close(filled, ramp, atol=1e-6, rtol=0)
 
 
 # --------------------------------------------------------------------------- the paired test
@@ -183,7 +183,7 @@ def test_paired_test_and_verdicts():
         low.p_value = 0.5  # type: ignore[misc]
 
 
-def test_paired_test_p_value_and_ci_are_scipy_s():
+def test_paired_test_is_scipy_wilcoxon_and_bootstrap():
     from scipy.stats import bootstrap, wilcoxon
 
     g = torch.Generator().manual_seed(2)

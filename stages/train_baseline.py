@@ -17,7 +17,8 @@ from cnnvis.config import ModelConfig, TrainConfig
 from cnnvis.data import load_npz
 from cnnvis.io import save_json
 from cnnvis.studies.training import fit
-from stages._runner import Context, Input, Output, Stage, epochs
+from stages._epochs import epochs
+from stages._runner import Context, Input, Output, Stage
 
 
 def run(ctx: Context) -> dict:

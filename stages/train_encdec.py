@@ -30,7 +30,8 @@ from cnnvis.encdec import EncDecConfig
 from cnnvis.io import save_figures, save_json, save_npz, save_text
 from cnnvis.paper_reference import paper_numbers
 from cnnvis.studies.encdec import TABLE1_COLUMNS, TABLE1_ID, TABLE1_PAPER_ROWS, encdec_study
-from stages._runner import Context, Input, Output, Stage, epochs
+from stages._epochs import epochs
+from stages._runner import Context, Input, Output, Stage
 
 
 def run(ctx: Context) -> dict:

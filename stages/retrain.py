@@ -28,7 +28,8 @@ from cnnvis.similarity import SimilarityConfig
 from cnnvis.studies.adjust import load_probes
 from cnnvis.studies.retrain import Adjusted, retrain_study
 from cnnvis.studies.training import Trained, fit
-from stages._runner import Context, Input, Output, Stage, epochs
+from stages._epochs import epochs
+from stages._runner import Context, Input, Output, Stage
 
 
 def run(ctx: Context) -> dict:

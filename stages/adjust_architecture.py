@@ -5,7 +5,7 @@
         --baseline-metrics reports/metrics/fashion_mnist/baseline.json \
         --similarity reports/metrics/fashion_mnist/similarity.json \
         --recon data/visualize/fashion_mnist/reconstructions.npz \
-        --out data/models/fashion_mnist/adjusted.yaml --log reports/metrics/fashion_mnist/adjust.json
+        --out data/models/fashion_mnist/adjusted.yaml --metrics reports/metrics/fashion_mnist/adjust.json
 
 Growth candidates are trained briefly (``adjust.search_epochs`` on
 ``adjust.search_train_images``) and re-measured on the first
@@ -28,7 +28,7 @@ def run(ctx: Context) -> dict:
     model, state = ctx.inputs["baseline"]
     study = adjust_study(ctx.inputs["data"], model, state, ctx.inputs["baseline_metrics"], ctx.inputs["similarity"],
                          ctx.inputs["recon"], ctx.section("similarity"), ctx.section("adjust"), ctx.hardware)
-    return {"out": study.adjusted_text(ctx.dataset), "log": study.log(ctx.dataset)}
+    return {"out": study.adjusted_text(ctx.dataset), "metrics": study.log(ctx.dataset)}
 
 
 STAGE = Stage(
@@ -41,7 +41,7 @@ STAGE = Stage(
                                 "similarity.json: the baseline's redundancy per conv layer", made_by="similarity"),
             "recon": Input(load_probes, "reconstructions.npz (its probe images)", made_by="visualize")},
     outputs={"out": Output(save_text, help="adjusted architecture (YAML)"),
-             "log": Output(save_json, help="decision log (JSON)")},
+             "metrics": Output(save_json, help="decision log (JSON)")},
 )
 main = STAGE.main
 

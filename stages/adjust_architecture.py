@@ -5,12 +5,15 @@
         --baseline-metrics reports/metrics/fashion_mnist/baseline.json \
         --similarity reports/metrics/fashion_mnist/similarity.json \
         --recon data/visualize/fashion_mnist/reconstructions.npz \
-        --out data/models/fashion_mnist/adjusted.yaml --metrics reports/metrics/fashion_mnist/adjust.json
+        --out data/models/fashion_mnist/adjusted.yaml --metrics reports/metrics/fashion_mnist/adjust.json \
+        --ablation reports/tables/fashion_mnist/adjust_ablation.md
 
 Growth candidates are trained briefly (``adjust.search_epochs`` on
-``adjust.search_train_images``) and re-measured on the first
-``adjust.probe_images`` probe images of the visualize stage. The decision log
-holds every step's width, redundancy and proxy validation accuracy.
+``adjust.search_train_images``); the baseline and every candidate are measured
+on ``adjust.probe_images`` probe images (the visualize stage's, then more test
+images). The decision log holds every step's width, judged redundancy with its
+range and proxy validation accuracy, and the ablation rows; the ablation table
+re-judges the same trainings with one setting changed per row.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ def run(ctx: Context) -> dict:
     model, state = ctx.inputs["baseline"]
     study = adjust_study(ctx.inputs["data"], model, state, ctx.inputs["baseline_metrics"], ctx.inputs["similarity"],
                          ctx.inputs["recon"], ctx.section("similarity"), ctx.section("adjust"), ctx.hardware)
-    return {"out": study.adjusted_text(ctx.dataset), "metrics": study.log(ctx.dataset)}
+    return {"out": study.adjusted_text(ctx.dataset), "metrics": study.log(ctx.dataset),
+            "ablation": study.ablation_markdown(ctx.dataset)}
 
 
 STAGE = Stage(
@@ -41,7 +45,9 @@ STAGE = Stage(
                                 "similarity.json: the baseline's redundancy per conv layer", made_by="similarity"),
             "recon": Input(load_probes, "reconstructions.npz (its probe images)", made_by="visualize")},
     outputs={"out": Output(save_text, help="adjusted architecture (YAML)"),
-             "metrics": Output(save_json, help="decision log (JSON)")},
+             "metrics": Output(save_json, help="decision log (JSON)"),
+             "ablation": Output(save_text, required=False, help="the width rule's ablation table (Markdown; its "
+                                                                "rows are in the decision log either way)")},
 )
 main = STAGE.main
 

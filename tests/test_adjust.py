@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -12,9 +13,11 @@ import yaml
 
 from cnnvis import ConfigError
 from cnnvis import adjust as A
+from cnnvis import similarity as S
 from cnnvis.config import ModelConfig, parse
 from cnnvis.models import build_model, count_parameters
 from cnnvis.similarity import Redundancy, SimilarityConfig
+from cnnvis.studies import adjust as sdj
 
 from conftest import ROOT
 
@@ -67,7 +70,9 @@ def test_grow_until_the_band_is_entered():
     grow = [s for s in res.steps if s.phase == "grow"]
     assert [(s.width, s.band) for s in grow] == [(96, "in_band")] and grow[0].proxy_top1 == 81.0
     assert res.decisions == [{"layer": 1, "action": "grow", "from": 64, "to": 96,
-                              "reason": "redundant_fraction 0.125 < lower 0.15; width 96 enters the band"}]
+                              "judged": {"value": 0.125, "lo": 0.125, "hi": 0.125, "sd": 0.0},
+                              "reason": "redundant_fraction 0.125 < lower 0.15; width 96 enters the band "
+                                        "(judged 0.188)"}]
 
 
 def test_grow_stops_at_max_width_and_undoes_an_overshoot():
@@ -82,16 +87,162 @@ def test_grow_stops_at_max_width_and_undoes_an_overshoot():
 def test_reference_calibrates_the_brief_recipe():
     """Brief training adds +0.2 redundancy at every width: judged relative to the reference, 96 is in band."""
     cfg = dataclasses.replace(CFG, search_reference=True, search_calibrate=True)
-    fakes = Fakes(lambda k: 0.2 + k / 512)
-    res = A.adjust_widths([red(64, 56)], (64,), cfg, train_fn=fakes.train_fn, measure_fn=fakes.measure_fn)
-    assert fakes.trained == [(64,), (96,)]
-    assert res.widths == (96,)
-    ref = next(s for s in res.steps if s.phase == "reference")
-    assert ref.width == 64 and "+0.20" in ref.note
+    for calibration in A.CALIBRATIONS:
+        fakes = Fakes(lambda k: 0.2 + k / 512)
+        res = A.adjust_widths([red(64, 56)], (64,), dataclasses.replace(cfg, calibration=calibration),
+                              train_fn=fakes.train_fn, measure_fn=fakes.measure_fn)
+        assert fakes.trained == [(64,), (96,)]
+        assert res.widths == (96,), calibration
+        ref = next(s for s in res.steps if s.phase == "reference")
+        assert ref.width == 64 and "trained baseline 0.125, brief 0.328" in ref.note
+        assert ref.judged.value == pytest.approx(0.125)  # the reference judges as the trained baseline itself
     fakes = Fakes(lambda k: 0.2 + k / 512)  # uncalibrated: 0.325 at 64 already overshoots
     res = A.adjust_widths([red(64, 56)], (64,), dataclasses.replace(cfg, search_calibrate=False),
                           train_fn=fakes.train_fn, measure_fn=fakes.measure_fn)
     assert res.widths == (64,)
+
+
+# The committed Fashion-MNIST search (reports/metrics/fashion_mnist/adjust.json): conv2 of the trained baseline has
+# 64 distinct kernels of 64; briefly trained at each width: (dead kernels, distinct groups)
+COMMITTED_BRIEF_CONV2 = {64: (18, 34), 96: (9, 52), 128: (10, 90)}
+
+
+class BriefFakes(Fakes):
+    """conv2's brief trainings as the committed search measured them; conv1 as given."""
+
+    def __init__(self, conv1=lambda k: red(k, k)):
+        super().__init__(None)
+        self.conv1 = conv1
+
+    def measure_fn(self, model, i):
+        k = model[i]
+        if i == 0:
+            return self.conv1(k)
+        dead, distinct = COMMITTED_BRIEF_CONV2[k]
+        return red(k, distinct, dead)
+
+
+def test_share_calibration_reaches_the_band_the_offset_could_not():
+    """The offset judged conv2's candidates below 0 (the band unreachable, the cap decided); the share
+    calibration judges the 96-kernel candidate inside the band and stops there."""
+    cfg = A.AdjustConfig(layers=(1,))
+    baseline = [red(32, 26), red(64, 64)]
+    fakes = BriefFakes()
+    old = A.adjust_widths(baseline, (32, 64), dataclasses.replace(cfg, calibration="offset"),
+                          train_fn=fakes.train_fn, measure_fn=fakes.measure_fn)
+    grow = [s for s in old.steps if s.phase == "grow"]
+    assert [round(s.judged.value, 3) for s in grow] == [-0.01, -0.172]
+    assert old.widths == (32, 128) and "max_width 128 reached" in old.decisions[0]["reason"]
+    fakes = BriefFakes()
+    new = A.adjust_widths(baseline, (32, 64), cfg, train_fn=fakes.train_fn, measure_fn=fakes.measure_fn)
+    assert new.widths == (32, 96) and "width 96 enters the band" in new.decisions[0]["reason"]
+    step = next(s for s in new.steps if s.phase == "grow")
+    assert step.judged.value == pytest.approx(1 - (52 / 87) / (34 / 46))  # 0.191: in [0.15, 0.30]
+    assert cfg.lower <= step.judged.value <= cfg.upper
+    assert all(0.0 <= s.judged.value <= 1.0 for s in new.steps if s.judged is not None)
+    assert fakes.trained == [(32, 64), (32, 96)]  # the reference and one step: the cap never reached
+
+
+def test_share_calibration_is_bounded_and_monotone():
+    cfg = A.AdjustConfig()
+    base, ref = red(64, 60, dead=4), red(64, 30, dead=20)
+    assert A.calibrated(ref, ref, base, cfg) == pytest.approx(A.metric_value(base, cfg.metric))
+    values = [A.calibrated(red(96, d, dead=6), ref, base, cfg) for d in range(1, 91)]
+    assert all(0.0 <= v <= 1.0 for v in values)
+    assert values == sorted(values, reverse=True)  # more distinct kernels, less redundant
+    assert math.isnan(A.calibrated(red(96, 10), red(64, 0, dead=64), base, cfg))  # a reference with no alive kernel
+
+
+def borderline_layer(pool: int = 200, k: int = 32, seed: int = 0):
+    """Fingerprints [pool, k] of a layer with 3 sure duplicate pairs and 4 pairs whose similarity averages at
+    the threshold 0.8 (10 of 64 bits apart, each bit flipped with p = 0.033 per image): redundant fraction
+    3/32 … 7/32 depending on the images, either side of lower = 0.15."""
+    rng = np.random.default_rng(seed)
+    base = rng.random((k, 64)) < 0.5
+    for a, b in ((0, 1), (2, 3), (4, 5)):
+        base[b] = base[a]
+    for a, b in ((6, 7), (8, 9), (10, 11), (12, 13)):
+        base[b] = base[a]
+        base[b, rng.choice(64, 10, replace=False)] ^= True
+    bits = base[None] ^ (rng.random((pool, k, 64)) < 0.033)
+    return S.pack_bits(bits), np.zeros((pool, k), bool)
+
+
+def test_default_margin_keeps_a_borderline_layer_stable_under_reshuffled_probes():
+    sim_cfg = SimilarityConfig(threshold=0.8)
+    fp, dead = borderline_layer()
+    cfg = A.AdjustConfig(layers=(0,), search_reference=False)  # the default margin and number of probe images
+
+    def decide(cfg, seed):
+        perm = np.random.default_rng(seed).permutation(len(fp))
+        ls = A.similarity_of(fp[perm], dead[perm])
+        fakes = Fakes(lambda k: 0.2)
+        res = A.adjust_widths([A.Measurement(S.redundancy(ls, sim_cfg), ls, sim_cfg)], (32,), cfg,
+                              train_fn=fakes.train_fn, measure_fn=fakes.measure_fn)
+        return res.decisions[0]["action"], res.steps[0].judged
+
+    default = [decide(cfg, seed) for seed in range(20)]
+    assert {action for action, _ in default} == {"keep"}
+    assert all(j.lo < cfg.lower < j.hi for _, j in default)  # the spread across images reaches across the edge
+    bare = [decide(dataclasses.replace(cfg, margin_se=0.0), seed) for seed in range(20)]
+    assert {action for action, _ in bare} == {"keep", "grow"}  # without the margin the decision flips
+
+
+def test_measurement_on_fewer_images_equals_measuring_them(tiny_p1):
+    sim_cfg = SimilarityConfig(threshold=0.8)
+    x = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    m = A.measurement(tiny_p1, 1, x, sim_cfg)
+    assert m.images == 6 and m.first(None) is m
+    rec = A.reconstruct(tiny_p1, 1, x).astype(np.float16)
+    direct = S.layer_similarity(rec[:3], sim_cfg)
+    sub = m.first(3)
+    assert sub.redundancy == S.redundancy(direct, sim_cfg)
+    np.testing.assert_array_equal(np.nan_to_num(sub.similarity.mean, nan=-1), np.nan_to_num(direct.mean, nan=-1))
+    np.testing.assert_array_equal(sub.similarity.count, direct.count)
+    with pytest.raises(A.NotMeasured, match="7 probe images"):
+        m.first(7)
+    reps = m.replicates(50)
+    assert len(reps) == 50 and m.replicates(50) is reps  # computed once
+    assert all(r.num_kernels == 16 for r in reps) and m.replicates(0) is None
+    assert A.Measurement(m.redundancy).replicates(50) is None  # no per-image data: no spread
+
+
+def test_ablation_rejudges_the_search_and_trains_only_within_budget():
+    cfg = A.AdjustConfig(layers=(0, 1))
+    baseline = [red(32, 26), red(64, 64)]  # conv1 0.1875 (in band), conv2 0.0 (low)
+    fakes = BriefFakes(conv1=lambda k: red(k, round(0.8 * k)))
+    res = A.adjust_widths(baseline, (32, 64), cfg, train_fn=fakes.train_fn, measure_fn=fakes.measure_fn)
+    assert res.widths == (32, 96) and len(fakes.trained) == 2
+    settings = A.ablation_settings(cfg, previous_probe_images=10)
+    rows = A.ablation(res.record, (32, 64), settings, undertrained=False, train_fn=fakes.train_fn,
+                      measure_fn=fakes.measure_fn, budget=1)
+    by = {r.setting: r for r in rows}
+    assert [r.setting for r in rows] == [name for name, _ in settings]
+    assert {"default", "previous rule", "calibration offset", "calibration off", "no margin", "band [0.1, 0.25]",
+            "band [0.2, 0.4]", "cap 96", "4 probe images", "10 probe images", "20 probe images"} == set(by)
+    assert by["default"].widths == res.widths and list(by["default"].decisions) == res.decisions
+    assert by["default"].reused == 2 and not by["default"].added
+    assert by["previous rule"].widths == (32, 128) and by["previous rule"].added == ((32, 128),)
+    assert by["calibration offset"].widths == (32, 128)  # re-uses the training the previous row added
+    assert by["calibration off"].widths == (32, 64)  # raw brief value 0.458 > upper: the step is undone
+    assert by["band [0.2, 0.4]"].widths is None and "widths [48, 64]" in by["band [0.2, 0.4]"].missing
+    assert len(fakes.trained) == 3  # one training added (the budget), none repeated
+    md = sdj.ablation_markdown(tuple(rows), "fashion_mnist", cfg, {"visualize_probes": 10})
+    assert md.count("\n| ") == len(rows) + 1 and "| previous rule | [0.15, 0.3] | 128 | offset | 0 | 10 | [32, 128] |" in md
+    assert "not judged: needs a brief training of widths [48, 64]" in md
+
+
+def test_probe_images_extend_the_visualize_probes_class_by_class():
+    from cnnvis.studies.adjust import Probes, probe_indices
+
+    labels = np.array([1, 0, 2, 1, 0, 2, 2, 0, 1, 1])
+    probes = Probes(np.array([1, 0, 2]), labels[[1, 0, 2]])  # the first image of each class
+    idx, lab = probe_indices(labels, probes, 8)
+    assert idx.tolist() == [1, 0, 2, 4, 3, 5, 7, 8]  # then the second of each class, then the third
+    assert lab.tolist() == labels[idx].tolist()
+    assert probe_indices(labels, probes, 2)[0].tolist() == [1, 0]
+    assert probe_indices(labels, probes, None)[0].tolist() == [1, 0, 2]
+    assert len(probe_indices(labels, probes, 50)[0]) == 10  # at most the whole test split
 
 
 def test_shrink_and_rule_one_first_when_undertrained():
@@ -285,8 +436,16 @@ def test_similarity_adjust_retrain_table_on_synthetic(tmp_path):
     adjust_architecture.main([*p, "--data", str(raw), "--baseline", str(m / "baseline.pt"),
                               "--baseline-metrics", str(m / "baseline.json"), "--similarity", str(m / "similarity.json"),
                               "--recon", str(m / "recon.npz"), "--out", str(m / "adjusted.yaml"),
-                              "--log", str(m / "adjust.json")])
+                              "--metrics", str(m / "adjust.json"), "--ablation", str(tmp_path / "adjust_ablation.md")])
     log = json.loads((m / "adjust.json").read_text())
+    assert log["probe"]["visualize_probes"] == 4 and len(log["probe"]["indices"]) == 20  # ablation's 20 measured
+    assert log["probe"]["indices"][:4] == [0, 1, 2, 3]
+    ours = [s["ours_on_its_probes"] for s in log["similarity_stage"]]
+    assert ours == [s["value"] for s in log["similarity_stage"]]  # our measurement on its probes = the stage's
+    assert [r["setting"] for r in log["ablation"]][:2] == ["default", "previous rule"]
+    assert log["ablation"][0]["widths"] == log["widths"]
+    table = (tmp_path / "adjust_ablation.md").read_text()
+    assert table.count("\n| ") == len(log["ablation"]) + 1
     grown = [d for d in log["decisions"] if d["action"] == "grow"]
     assert grown and all(d["to"] == d["from"] + 4 for d in grown)  # band [0.9, 0.95]: every layer is "low"
     assert any(s["phase"] == "grow" and s["proxy_top1"] is not None for s in log["steps"])

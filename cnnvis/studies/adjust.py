@@ -2,9 +2,13 @@
 
 Growth candidates are trained briefly (``adjust.search_epochs`` on the first
 ``adjust.search_train_images`` training images, the baseline's recipe and
-seed otherwise) and re-measured on the first ``adjust.probe_images`` probe
-images of the visualize stage; their proxy accuracy is the top-1 on the first
-``adjust.search_val_images`` images of the baseline's validation split.
+seed otherwise); their proxy accuracy is the top-1 on the first
+``adjust.search_val_images`` images of the baseline's validation split. The
+baseline, the reference and every candidate are measured on the same probe
+images: the visualize stage's, then further test images class by class, as
+many as ``adjust.probe_images`` and the ablation's largest count; each setting
+judges on its own first ``probe_images`` of them. The ablation re-runs the rule
+on those trainings and measurements with one setting changed per row.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from cnnvis import adjust as A
 from cnnvis import data as D
 from cnnvis.config import HardwareConfig, ModelConfig, TrainConfig, parse, to_dict
 from cnnvis.io import load_npz_arrays
+from cnnvis.report import md_table
 from cnnvis.similarity import Redundancy, SimilarityConfig
 
 log = logging.getLogger(__name__)
@@ -52,12 +57,28 @@ def load_probes(path: str | os.PathLike) -> Probes:
     return Probes.from_arrays(load_npz_arrays(path))
 
 
-def probe_images(raw: D.RawDataset, probes: Probes, n: int | None, spec: dict) -> tuple[torch.Tensor, np.ndarray]:
-    """The first ``n`` probe images (all if None), normalized with the model's ``spec``: [n, C, H, W], labels [n]."""
-    idx, labels = probes.indices[:n], probes.labels[:n]
-    if len(idx) and int(idx.max()) >= len(raw.test.labels):
-        raise DataError(f"reconstructions: probe index {int(idx.max())} outside the test split of {raw.name}; "
+def probe_indices(test_labels: np.ndarray, probes: Probes, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Test indices and classes of ``n`` probe images (None: the visualize stage's): its probes first, then
+    further test images class by class (class 0, 1, …, each in split order), as the visualize stage picks them."""
+    idx = [int(i) for i in (probes.indices if n is None else probes.indices[:n])]
+    if n is not None and n > len(idx):
+        used = set(idx)
+        per_class = [np.flatnonzero(test_labels == c) for c in np.unique(test_labels)]
+        for depth in range(max(map(len, per_class), default=0)):
+            for members in per_class:
+                if len(idx) < n and depth < len(members) and int(members[depth]) not in used:
+                    idx.append(int(members[depth]))
+                    used.add(idx[-1])
+    idx_arr = np.asarray(idx, dtype=np.int64)
+    if len(idx_arr) and int(idx_arr.max()) >= len(test_labels):
+        raise DataError(f"reconstructions: probe index {int(idx_arr.max())} outside the test split; "
                         "rerun the visualize stage")
+    return idx_arr, np.asarray(test_labels)[idx_arr]
+
+
+def probe_images(raw: D.RawDataset, probes: Probes, n: int | None, spec: dict) -> tuple[torch.Tensor, np.ndarray]:
+    """``n`` probe images (``probe_indices``), normalized with the model's ``spec``: [n, C, H, W], labels [n]."""
+    idx, labels = probe_indices(raw.test.labels, probes, n)
     x = D.normalize(D.to_tensor(raw.test.images[idx]), tuple(spec["mean"]), tuple(spec["std"]))
     return x, labels
 
@@ -67,6 +88,11 @@ def search_data(raw: D.RawDataset, train_cfg: TrainConfig, cfg: A.AdjustConfig) 
     td = D.prepare(raw, val_size=train_cfg.val_size, max_train=cfg.search_train_images, max_test=1,
                    seed=train_cfg.seed)
     return dataclasses.replace(td, val_x=td.val_x[: cfg.search_val_images], val_y=td.val_y[: cfg.search_val_images])
+
+
+def measured_images(cfg: A.AdjustConfig, visualize_probes: int) -> int:
+    """How many probe images every layer is measured on: the rule's and every ablation row's."""
+    return max(cfg.probe_images or visualize_probes, visualize_probes, *cfg.ablation_probe_images)
 
 
 @dataclass(frozen=True)
@@ -80,6 +106,9 @@ class AdjustStudy:
     seconds: float  # the search alone
     config: A.AdjustConfig
     similarity: SimilarityConfig
+    probe: dict  # the test indices and classes measured on; how many are the visualize stage's
+    similarity_stage: list  # the similarity stage's value of each layer (its probe images), for comparison
+    ablation: tuple[A.AblationRow, ...]
 
     @property
     def train_overrides(self) -> dict:
@@ -97,7 +126,7 @@ class AdjustStudy:
         return ADJUSTED_HEADER + yaml.safe_dump(self.adjusted(dataset), sort_keys=False)
 
     def log(self, dataset: str) -> dict:
-        """adjust.json: every step's width, redundancy and proxy accuracy, and the decisions."""
+        """adjust.json: every step's width, redundancy and proxy accuracy, the decisions and the ablation."""
         r = self.result
         return {
             "dataset": dataset, "config": to_dict(self.config), "similarity_config": to_dict(self.similarity),
@@ -105,16 +134,57 @@ class AdjustStudy:
             "parameters": self.parameters, "undertrained": self.undertrained,
             "baseline_val_history": self.baseline_val_history,
             "further_training": r.further_training, "train_overrides": self.train_overrides,
+            "probe": self.probe, "similarity_stage": self.similarity_stage,
             "decisions": r.decisions, "steps": [s.as_dict() for s in r.steps],
+            "ablation": [row.as_dict() for row in self.ablation],
             "search_seconds": round(self.seconds, 2),
         }
+
+    def ablation_markdown(self, dataset: str) -> str:
+        """The ablation table: the rule re-judged with one setting changed per row."""
+        return ablation_markdown(self.ablation, dataset, self.config, self.probe)
+
+
+def ablation_markdown(rows: tuple[A.AblationRow, ...], dataset: str, cfg: A.AdjustConfig, probe: dict) -> str:
+    def decisions(row: A.AblationRow) -> str:
+        if row.missing:
+            return f"not judged: needs {row.missing}"
+        return "; ".join(f"conv{d['layer'] + 1} {d['action']} {d['from']}→{d['to']} ({_judged(d)})"
+                         for d in row.decisions)
+
+    body = []
+    for row in rows:
+        c = row.config
+        body.append((row.setting, f"[{c.lower:g}, {c.upper:g}]", c.max_width,
+                     c.calibration if c.search_calibrate else "off", f"{c.margin_se:g}",
+                     c.probe_images if c.probe_images is not None else probe["visualize_probes"],
+                     "—" if row.widths is None else list(row.widths), decisions(row),
+                     f"{row.reused}" + (f" + {len(row.added)} added" if row.added else "")))
+    return "\n".join([
+        f"# Width rule ablation — {dataset}", "",
+        "The adjust-architecture stage's search re-judged with one setting changed per row (cnnvis.adjust.ablation): "
+        "each row re-runs the rule on the brief trainings and probe-image measurements of the default search; a "
+        f"width it did not train is trained once for the ablation (at most {cfg.ablation_trainings} in all) and "
+        "counted as added. Each decision shows the judged value and its range, value ± margin × its sd over "
+        f"{cfg.bootstrap} resamples of the probe images (low / high only when the whole range leaves the band). "
+        "*Previous rule*: offset calibration, no margin, the visualize stage's probes.", "",
+        md_table(("setting", "band", "cap", "calibration", "margin (sd)", "probe images", "widths", "decisions",
+                  "trainings re-used"), body), ""])
+
+
+def _judged(d: dict) -> str:
+    j = d.get("judged")
+    if not j:
+        return ""
+    v, lo, hi = j["value"], j["lo"], j["hi"]
+    return f"{v:.3f}" if lo == hi else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def adjust_study(raw: D.RawDataset, baseline: nn.Module, state: dict, baseline_metrics: dict,
                  similarity: list[Redundancy], probes: Probes, sim_cfg: SimilarityConfig, cfg: A.AdjustConfig,
                  hw: HardwareConfig) -> AdjustStudy:
-    """The rule on every conv layer of the trained ``baseline`` (with its checkpoint ``state``), starting from the
-    similarity stage's ``similarity`` (one Redundancy per conv layer)."""
+    """The rule on every conv layer of the trained ``baseline`` (with its checkpoint ``state``), measured on the
+    probe images; ``similarity`` (the similarity stage's Redundancy per conv layer) is reported beside it."""
     model_cfg = parse(ModelConfig, {**state["model"], "pretrained": False}, "checkpoint.model")
     train_cfg = parse(TrainConfig, state.get("train", {}), "checkpoint.train")
     spec = state["spec"]
@@ -124,7 +194,9 @@ def adjust_study(raw: D.RawDataset, baseline: nn.Module, state: dict, baseline_m
     undertrained = bool(baseline_metrics.get("val_still_rising", training.still_improving(history)))
 
     td = search_data(raw, train_cfg, cfg)
-    x_probe, _ = probe_images(raw, probes, cfg.probe_images, spec)
+    visualize_probes = len(probes.indices)
+    x_probe, labels = probe_images(raw, probes, measured_images(cfg, visualize_probes), spec)
+    idx, _ = probe_indices(raw.test.labels, probes, len(x_probe))
     brief = dataclasses.replace(train_cfg, epochs=cfg.search_epochs)
 
     def proxy_top1(model: nn.Module) -> float:
@@ -139,8 +211,8 @@ def adjust_study(raw: D.RawDataset, baseline: nn.Module, state: dict, baseline_m
         m.cpu()
         return m, proxy_top1(m)
 
-    def measure_fn(model: nn.Module, i: int) -> Redundancy:
-        return A.measure(model, i, x_probe, sim_cfg, mode=cfg.deconv_mode, rectify=cfg.deconv_rectify)[1]
+    def measure_fn(model: nn.Module, i: int) -> A.Measurement:
+        return A.measurement(model, i, x_probe, sim_cfg, mode=cfg.deconv_mode, rectify=cfg.deconv_rectify)
 
     def further_fn() -> nn.Module:
         m = copy.deepcopy(baseline)
@@ -149,13 +221,28 @@ def adjust_study(raw: D.RawDataset, baseline: nn.Module, state: dict, baseline_m
         m.cpu()
         return m
 
+    if len(similarity) != len(model_cfg.widths):
+        raise DataError(f"similarity: {len(similarity)} conv layers, the baseline has {len(model_cfg.widths)}; "
+                        "rerun the similarity stage")
     t0 = time.perf_counter()
-    result = A.adjust_widths(list(similarity), model_cfg.widths, cfg, train_fn=train_fn, measure_fn=measure_fn,
+    measured = [measure_fn(baseline, i) for i in range(len(model_cfg.widths))]
+    result = A.adjust_widths(measured, model_cfg.widths, cfg, train_fn=train_fn, measure_fn=measure_fn,
                              undertrained=undertrained, further_fn=further_fn)
     seconds = time.perf_counter() - t0
     for d in result.decisions:
         log.info("layer %d: %s %d → %d (%s)", d["layer"], d["action"], d["from"], d["to"], d["reason"])
+    rows = A.ablation(result.record, model_cfg.widths, A.ablation_settings(cfg, visualize_probes),
+                      undertrained=undertrained, measure_fn=measure_fn, train_fn=train_fn, further_fn=further_fn,
+                      budget=cfg.ablation_trainings)
+    for row in rows:
+        log.info("ablation %s: %s", row.setting, row.missing and f"needs {row.missing}" or list(row.widths))
     parameters = {"baseline": models.count_parameters_of(model_cfg, spec),
                   "adjusted": models.count_parameters_of(result.model_config(model_cfg), spec)}
+    probe = {"indices": idx.tolist(), "labels": labels.tolist(), "visualize_probes": visualize_probes,
+             "judged": cfg.probe_images or visualize_probes}
+    stage_values = [{"layer": i, "value": A.metric_value(r, cfg.metric), "distinct": r.distinct,
+                     "dead": len(r.dead_kernels), "ours_on_its_probes": A.metric_value(
+                         m.first(min(visualize_probes, m.images)).redundancy, cfg.metric)}
+                    for i, (r, m) in enumerate(zip(similarity, measured, strict=True))]
     return AdjustStudy(result, model_cfg, train_cfg, undertrained, parameters,
-                       [h.get("val_top1") for h in history], seconds, cfg, sim_cfg)
+                       [h.get("val_top1") for h in history], seconds, cfg, sim_cfg, probe, stage_values, tuple(rows))

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from cnnvis.io import load_json, save_text
-from cnnvis.studies.retrain import table1, table1_markdown
+from cnnvis.studies.table1 import table1, table1_markdown
 from stages._runner import Context, Input, Output, Stage
 
 

@@ -322,7 +322,7 @@ REFERENCE = ROOT / "reports" / "paper_reference.yaml"
 
 
 def test_table1_markdown_and_stage(tmp_path):
-    from cnnvis.studies.retrain import table1, table1_markdown
+    from cnnvis.studies.table1 import table1, table1_markdown
     from stages import table1 as stage
 
     reference = yaml.safe_load(REFERENCE.read_text())
@@ -346,7 +346,7 @@ def test_table1_markdown_and_stage(tmp_path):
 
 def test_table1_paper_numbers_and_order_come_from_the_reference(tmp_path):
     from cnnvis import ConfigError, DataError
-    from cnnvis.studies.retrain import table1, table1_markdown
+    from cnnvis.studies.table1 import table1, table1_markdown
 
     reference = yaml.safe_load(REFERENCE.read_text())
     spec = next(t for t in reference["tables"] if t["id"] == "p1_table1")

@@ -1,4 +1,4 @@
-"""Study of stages `retrain` and `table1`: paper 1's Table I, the adjusted architecture against the baseline and a
+"""Study of stage `retrain`: paper 1's Table I, the adjusted architecture against the baseline and a
 uniform-width control.
 
 Per seed (``adjust.seeds`` seeds from ``train.seed``): the adjusted model, the
@@ -10,27 +10,23 @@ control gets them too, the "before" column does not). The first seed's models
 are kept. Paper 1 Fig 13 / 14 are drawn from the adjusted model.
 
 Table I is cross-dataset while `retrain` runs once per dataset, so each run
-gives its own row and ``table1`` joins the rows of the selected datasets, the
-paper's datasets first, in the paper's order, with the paper's numbers from
-reports/paper_reference.yaml.
+gives its own row and ``table1`` (cnnvis.studies.table1) joins them.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 from torch import nn
 
-from cnnvis import ConfigError, DataError, models
+from cnnvis import ConfigError, models
 from cnnvis import adjust as A
 from cnnvis import data as D
 from cnnvis.config import ModelConfig, TrainConfig, parse, to_dict
 from cnnvis.models import conv_layers
-from cnnvis.paper_reference import paper_numbers
-from cnnvis.report import md_table
 from cnnvis.similarity import SimilarityConfig
 from cnnvis.studies.adjust import Probes, probe_images
 from cnnvis.studies.similarity import LayerStudy, layer_study
@@ -38,7 +34,6 @@ from cnnvis.studies.training import Trained
 
 DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "fashion_mnist": "Fashion-MNIST",
                  "tiny_imagenet": "Tiny ImageNet", "digits": "digits (sklearn)", "synthetic": "synthetic"}
-TABLE_ID = "p1_table1"  # in reports/paper_reference.yaml
 COLUMNS = ("before", "after", "control")
 
 
@@ -176,75 +171,3 @@ def retrain_study(raw: D.RawDataset, adjusted: Adjusted, baseline_metrics: dict,
                     "control": models.count_parameters_of(control_cfg, spec)},
         results={k: summary(v) for k, v in values.items() if v}, runs=runs, layers=layers, probe_label=label,
         similarity=sim_cfg)
-
-
-# --------------------------------------------------------------------------- Table I across datasets
-
-
-@dataclass(frozen=True)
-class Table1:
-    rows: tuple[dict, ...]  # the retrain rows of the selected datasets, in table order
-    paper: Mapping[str, Mapping]  # dataset → the paper's numbers (before, after)
-
-
-def paper_table1(reference: Mapping, source: str = "paper_reference.yaml") -> dict[str, dict[str, float]]:
-    """The paper's Table I (table p1_table1 of reports/paper_reference.yaml): dataset → {before, after}, in the
-    paper's order."""
-    tables = reference.get("tables") if isinstance(reference, Mapping) else None
-    table = next((t for t in tables or () if isinstance(t, Mapping) and t.get("id") == TABLE_ID), {})
-    datasets = {r["label"]: r["dataset"] for r in table.get("paper_rows") or () if isinstance(r, Mapping)}
-    numbers = paper_numbers(reference, TABLE_ID, tuple(datasets), ("before", "after"), source=source)
-    return {datasets[label]: v for label, v in numbers.items()}
-
-
-def table1(rows: Mapping[str, dict], selected: Sequence[str], reference: Mapping,
-           source: str = "paper_reference.yaml") -> Table1:
-    """The rows of the ``selected`` datasets: the paper's datasets first (paper order), then the rest by name."""
-    paper = paper_table1(reference, source)
-    order = [d for d in paper if d in selected] + sorted(d for d in selected if d not in paper)
-    missing = [d for d in order if d not in rows]
-    if missing:
-        raise DataError(f"no Table I row of dataset {missing[0]} in the rows directory; run "
-                        f"`dvc repro retrain@{missing[0]}` first")
-    return Table1(tuple(rows[d] for d in order), paper)
-
-
-def _fmt(s: dict | None) -> str:
-    if not s:
-        return "—"
-    return f"{s['mean']:.2f} ± {s['std']:.2f}" if s["n"] > 1 else f"{s['mean']:.2f}"
-
-
-def _verdict(r: dict) -> str:
-    after, control = r.get("after"), r.get("control")
-    if not (after and control):
-        return "—"
-    diff = after["mean"] - control["mean"]
-    verdict = ("adjusted wins" if diff > 0 else "control wins" if diff < 0 else "tie") + f" by {abs(diff):.2f}"
-    if r["seeds"] and len(r["seeds"]) > 1 and abs(diff) <= max(after["std"], control["std"]):
-        verdict += " (within one std)"
-    elif len(r["seeds"]) == 1:
-        verdict += " (n=1: no spread)"
-    return verdict
-
-
-TABLE1_HEADERS = ("dataset", "n", "paper before", "paper after", "ours before", "ours after", "control",
-                  "widths before → after (control)", "parameters before → after", "guidance vs control")
-
-
-def table1_markdown(t: Table1) -> str:
-    """Paper 1 Table I with our numbers beside the paper's and the uniform-width control."""
-    cells = []
-    for r in t.rows:
-        paper, w, n = t.paper.get(r["dataset"], {}), r["widths"], r["parameters"]
-        cells.append((r["name"], len(r["seeds"]), paper.get("before", "—"), paper.get("after", "—"),
-                      _fmt(r.get("before")), _fmt(r.get("after")), _fmt(r.get("control")),
-                      f"{w['before']} → {w['after']} ({w['control']})", f"{n['before']:,} → {n['after']:,}",
-                      _verdict(r)))
-    epochs = "; ".join(f"{r['name']} {r['epochs']['before']} / {r['epochs']['after']}" for r in t.rows)
-    return "\n".join([
-        "# Table I — test accuracy (%) before and after the pHash-guided width adjustment", "",
-        "Paper 1 §IV, Table I. *Ours*: mean ± std over n seeds (`adjust.seeds`). *Control*: the same parameter count "
-        "as the adjusted model, reached by widening every conv layer by one shared factor (no pHash guidance), "
-        "trained with the same recipe as the adjusted model. Widths are the conv layers' kernel counts.", "",
-        md_table(TABLE1_HEADERS, cells), "", "Epochs (before / after and control): " + epochs, ""])

@@ -18,7 +18,8 @@ from stages import visualize as V
 
 from conftest import ROOT
 
-CI = {"feature_map_images": 4, "gradcam_images": 3, "probe_images": 3, "eval_images": 6, "faithfulness_steps": 4}
+CI = {"feature_map_images": 4, "gradcam_images": 3, "probe_images": 3, "eval_images": 6, "faithfulness_steps": 4,
+      "faithfulness_images": 8, "faithfulness_bootstrap": 200}
 SYNTHESIS = {"steps": 3, "max_channels": 4, "inversion_images": 2, "inversion_steps": 3}
 ACTIVATIONS = {"kmeans_clusters": [2, 3], "kmeans_n_init": 1}
 FIGURES = ("p2_fig02_kernels_maps.png", "p2_actmax_classes.png", "p2_actmax_channels.png", "p2_inversion.png",
@@ -75,9 +76,17 @@ def test_visualize_stage_writes_figures_recon_and_metrics(setup):
         assert list(z["probe_labels"]) == [0, 1, 2]  # class by class
         assert np.isfinite(z["recon_1"].astype(np.float32)).all()
     m = json.loads((tmp_path / "m" / "visualize.json").read_text())
-    assert set(m["faithfulness"]["methods"]) == {"gradcam", "guided_gradcam", "saliency", "random"}
-    for v in m["faithfulness"]["methods"].values():
-        assert 0 <= v["deletion_auc_mean"] <= 1 and 0 <= v["insertion_auc_mean"] <= 1 and v["n"] == 6
+    faith = m["faithfulness"]
+    assert set(faith["methods"]) == {"gradcam", "hirescam", "guided_gradcam", "saliency", "random"}
+    assert faith["n"] == 8 and faith["sign"] == "positive" and faith["baselines"] == ["black", "blur", "road"]
+    for name, v in faith["methods"].items():
+        for metric in ("deletion", "insertion"):
+            for baseline in faith["baselines"]:
+                entry = v[metric][baseline]
+                assert 0 <= entry["auc"]["mean"] <= 1 and entry["auc"]["n"] == 8
+                assert ("vs_random" in entry) == (name != "random")  # every method tested against the control
+                if name != "random":
+                    assert entry["vs_random"]["verdict"].endswith(f"n=8)") and 0 <= entry["vs_random"]["p_value"] <= 1
     assert list(m["class_sensitivity"]) == ["saliency", "deconvnet", "guided_backprop", "gradcam", "guided_gradcam"]
     assert list(m["randomization"]) == list(m["class_sensitivity"])
     assert [s["layer"] for s in m["randomization"]["gradcam"]][0] == "classifier.fc"

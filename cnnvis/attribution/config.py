@@ -22,7 +22,8 @@ class VisualizeConfig:
     probe_images: int = opt(10, ge=1)  # test images, taken class by class round-robin
     max_batch: int = opt(4096, ge=1)  # replicated images per backward pass (memory bound)
     # --- beyond the papers: sanity checks and faithfulness on a test subset
-    eval_images: int = opt(64, ge=1)
+    eval_images: int = opt(64, ge=1)  # the randomization test and class sensitivity
+    faithfulness_images: int = opt(512, ge=2)  # deletion / insertion and their paired tests (a seeded test subset)
     faithfulness_steps: int = opt(14, ge=2)  # curve points (14 = two image rows of pixels per step at 28 px)
     # one importance per pixel: the channel sum, then positive = max(·, 0) (evidence for the class; default),
     # absolute = |·|, signed = as is (cnnvis.attribution.faithfulness.pixel_importance)

@@ -57,7 +57,7 @@ def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 
 
 def _maps(factory: MethodFactory, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return pixel_importance(factory(model).attribute(images, target=target)).abs()
+    return pixel_importance(factory(model).attribute(images, target=target), sign="absolute")
 
 
 @dataclass(frozen=True)

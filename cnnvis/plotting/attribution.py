@@ -18,6 +18,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from cnnvis.attribution.faithfulness import SIGN_RULES
 from cnnvis.io import Saved
 
 CAM_CMAP = "jet"
@@ -261,7 +262,9 @@ def attribution_figures(study: Any) -> Iterator[tuple[str, Saved]]:
             study.randomization,
             title=f"Model-parameter randomization test (Adebayo et al. 2018), {n} test images:\n"
                   "does the map change when the weights are re-initialized, output layer first?"))
+    faith = study.faithfulness
     yield "beyond_deletion_insertion", saved(faithfulness_curves(
-        study.faithfulness.curves,
-        title=f"Deletion / insertion faithfulness on {n} test images (deletion → {cfg.deletion_baseline}, "
-              f"insertion from {cfg.insertion_baseline})"))
+        faith.figure_curves(cfg.deletion_baseline, cfg.insertion_baseline),
+        title=f"Deletion / insertion faithfulness on {faith.n} test images (deletion → {cfg.deletion_baseline}, "
+              f"insertion from {cfg.insertion_baseline});\npixel order: sign rule '{faith.sign}' = "
+              f"{SIGN_RULES[faith.sign].split(':')[0]}; random = mean of {faith.random_maps} random maps per image"))

@@ -33,8 +33,10 @@ from cnnvis.synthesis import SynthesisConfig
 
 # the methods of the randomization test and class sensitivity, in their order in the metrics
 SANITY_METHODS = ("saliency", "deconvnet", "guided_backprop", "gradcam", "guided_gradcam")
-# the methods of the faithfulness curves (the "random" control comes after them)
-FAITHFULNESS_METHODS = ("gradcam", "guided_gradcam", "saliency")
+# the methods of the faithfulness study (its random-map control is built in); HiResCAM beside Grad-CAM at the
+# same layer: with p1_cnn's fully connected head the gradients change sign across positions, so Grad-CAM's spatial
+# average of them cancels where HiResCAM's element-wise product does not
+FAITHFULNESS_METHODS = ("gradcam", "hirescam", "guided_gradcam", "saliency")
 
 
 def round_robin(labels: Tensor, n: int, num_classes: int) -> Tensor:
@@ -109,39 +111,14 @@ class CamMaps:
     guided_gradcam: Tensor  # [N, 1, H, W]: |map| summed over channels
 
 
-@dataclass(frozen=True)
-class Faithfulness:
-    """Deletion / insertion faithfulness of each method and of uniform random maps on the evaluation images."""
-
-    curves: dict[str, dict]  # method → "deletion" / "insertion" [N, S+1] and their mean AUCs "*_auc"
-    summary: dict  # the metrics: steps, baselines, per method AUC mean / std and n
-
-
-def curve_importance(maps: Tensor) -> Tensor:
-    """The pixel order of the curves, [N, C, H, W] → [N, H, W]: a one-channel map as is, else Σ_c |map_c|."""
-    return maps[:, 0] if maps.shape[1] == 1 else maps.abs().sum(1)
-
-
 def faithfulness(model: nn.Module, methods: dict[str, sanity.MethodFactory], x: Tensor, y: Tensor,
-                 cfg: VisualizeConfig, *, black: Tensor, generator: torch.Generator) -> Faithfulness:
-    """Deletion / insertion curves (``cnnvis.attribution.faithfulness``) of each method's map for normalized images
-    ``x`` [N, C, H, W] and their classes ``y``, then of one uniform random map per image drawn from ``generator``;
-    ``black``: intensity 0 in normalized units, [C]."""
+                 cfg: VisualizeConfig, *, black: Tensor) -> F.FaithfulnessStudy:
+    """Deletion / insertion faithfulness (``cnnvis.attribution.faithfulness.faithfulness_study``: one sign rule
+    for every map, each baseline, a paired test of each method against independent random maps) of each method's
+    map for normalized images ``x`` [N, C, H, W] and their classes ``y``; ``black``: intensity 0 in normalized
+    units, [C]."""
     maps = {name: methods[name](model).attribute(x, y) for name in FAITHFULNESS_METHODS}
-    maps["random"] = torch.rand(x.shape[0], 1, *x.shape[2:], generator=generator)
-    methods_out, curves = {}, {}
-    for name, m in maps.items():
-        c = F.deletion_insertion(model, x, curve_importance(m), y, steps=cfg.faithfulness_steps,
-                                 deletion_baseline=cfg.deletion_baseline, insertion_baseline=cfg.insertion_baseline,
-                                 blur_sigma=cfg.blur_sigma, black=black)
-        curves[name] = {"deletion": c.deletion.numpy(), "insertion": c.insertion.numpy(),
-                        "deletion_auc": float(c.deletion_auc.mean()), "insertion_auc": float(c.insertion_auc.mean())}
-        methods_out[name] = {"deletion_auc_mean": curves[name]["deletion_auc"],
-                             "deletion_auc_std": float(c.deletion_auc.std()),
-                             "insertion_auc_mean": curves[name]["insertion_auc"],
-                             "insertion_auc_std": float(c.insertion_auc.std()), "n": len(x)}
-    return Faithfulness(curves, {"steps": cfg.faithfulness_steps, "deletion_baseline": cfg.deletion_baseline,
-                                 "insertion_baseline": cfg.insertion_baseline, "methods": methods_out})
+    return F.faithfulness_study(model, x, y, maps, black=black, **F.study_options(cfg))
 
 
 @dataclass(frozen=True)
@@ -159,14 +136,15 @@ class AttributionStudy:
     eval_indices: Tensor  # [E] into the test split, seeded
     randomization: dict[str, list[dict]] | None  # method → one step per re-initialized layer; None = not run
     class_sensitivity: dict[str, dict]
-    faithfulness: Faithfulness
+    faithfulness: F.FaithfulnessStudy  # on ``faithfulness_indices``
+    faithfulness_indices: Tensor  # [F] into the test split, seeded
     timings: dict[str, float]  # seconds
 
     def metrics(self) -> dict:
         out: dict = {"eval_images": len(self.eval_indices), "eval_indices_seed": self.config.seed}
         if self.randomization is not None:
             out["randomization"] = self.randomization
-        return {**out, "class_sensitivity": self.class_sensitivity, "faithfulness": self.faithfulness.summary,
+        return {**out, "class_sensitivity": self.class_sensitivity, "faithfulness": {**self.faithfulness.as_dict(), "images_seed": self.config.seed},
                 "conv_layers": list(self.conv_layers), "gradcam_layers": list(self.cams.layers),
                 "figure_classes": [self.classes[c] for c in self.config.figure_classes],
                 "figure_indices": [p.index for p in self.first_layer], "gradcam_indices": list(self.cams.indices),
@@ -264,10 +242,12 @@ def attribution_study(model: nn.Module, spec: dict, images_u8: Tensor, labels: T
     timings["sanity_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    faith = faithfulness(model, methods, x_ev, y_ev, cfg, black=-torch.tensor(mean) / torch.tensor(std), generator=g)
+    fi = torch.randperm(len(labels), generator=torch.Generator().manual_seed(cfg.seed + 1))[: cfg.faithfulness_images]
+    faith = faithfulness(model, method_factories(FAITHFULNESS_METHODS, cam_last), images(fi), labels[fi], cfg,
+                         black=-torch.tensor(mean) / torch.tensor(std))
     timings["faithfulness_s"] = time.perf_counter() - t0
     return AttributionStudy(cfg, classes, tuple(n for n, _ in convs), recon, first, second, across, cams, ev,
-                            randomization, sensitivity, faith, timings)
+                            randomization, sensitivity, faith, fi, timings)
 
 
 @dataclass(frozen=True)

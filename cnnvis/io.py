@@ -111,13 +111,17 @@ class Saved:
     write: Callable[[Path], None] | None = None
 
 
+FILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".pdf", ".gif", ".webp", ".nrrd")  # else a dot is part of the name
+
+
 def save_figures(directory: str | os.PathLike, figures: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> None:
     """Every ``(file name, Figure | Saved)`` into ``directory``, each saved and closed as soon as it comes (a
-    generator keeps one figure in memory at a time); a name without a suffix is saved as .png."""
+    generator keeps one figure in memory at a time); a name without a file suffix (``maps_features.conv1``) is
+    saved as .png."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for name, item in figures.items() if isinstance(figures, Mapping) else figures:
-        path = directory / (name if Path(name).suffix else f"{name}.png")
+        path = directory / (name if Path(name).suffix.lower() in FILE_SUFFIXES else f"{name}.png")
         item = item if isinstance(item, Saved) else Saved(item)
         if item.write is not None:
             with atomic_path(path) as tmp:

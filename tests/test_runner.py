@@ -205,3 +205,21 @@ def test_hand_edited_params_yaml_stops_the_stage(files, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "differs from conf/ composed with no overrides at report.decimals" in err
     assert leftovers(files / "out") == []
+
+
+def test_save_figures_names_with_dots_and_saved_files(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cnnvis.io import Saved, save_figures
+
+    def figures():
+        yield "maps_features.conv1", plt.figure()  # a layer name, not a file suffix
+        yield "volume.nrrd", Saved(write=lambda p: p.write_bytes(b"NRRD"))
+        yield "small.png", Saved(plt.figure(figsize=(1, 1)), {"dpi": 10})
+
+    save_figures(tmp_path, figures())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps_features.conv1.png", "small.png", "volume.nrrd"]
+    assert (tmp_path / "volume.nrrd").read_bytes() == b"NRRD" and not plt.get_fignums()  # every figure closed

@@ -7,7 +7,8 @@ Reads every job directory under the sweep (those with a `sweep.json`, written
 by `stages.sweep`): its `params.yaml`, its overrides and its
 `reports/metrics/<dataset>/*.json`. Writes into the sweep directory:
 
-- `jobs.csv`: one row per job × dataset × metrics file, every scalar metric;
+- `jobs.csv`: one row per job × dataset × metrics file, every scalar metric, and
+  the job's torch threads (0: all cores);
 - `summary.csv` and `summary.md`: per dataset, device, stage and setting (the
   job's overrides without its seed), each metric as mean, sample std (n−1)
   and n over the seeds; failed jobs are listed, never averaged in.
@@ -51,8 +52,10 @@ def job_rows(job_dir: Path, record: dict[str, Any], sweep_root: Path,
     """A job's metric rows and its status, from its ``sweep.json`` record and its reports."""
     params = yaml.safe_load((job_dir / "params.yaml").read_text()) if (job_dir / "params.yaml").exists() else {}
     setting = " ".join(_varying(record.get("overrides", []), common))
-    base = {"job": job_dir.relative_to(sweep_root).as_posix(), "device": (params.get("hardware") or {}).get("device", "?"),
-            "setting": setting or "—", "status": record.get("status", "?")}
+    hardware = params.get("hardware") or {}
+    base = {"job": job_dir.relative_to(sweep_root).as_posix(), "device": hardware.get("device", "?"),
+            "setting": setting or "—", "status": record.get("status", "?"),
+            "threads": record.get("threads", hardware.get("threads", ""))}
     rows = []
     for f in sorted((job_dir / "reports" / "metrics").glob("*/*.json")):
         doc = json.loads(f.read_text())
@@ -79,7 +82,7 @@ def collect(sweep_dir: Path, metrics: list[str] | None = None) -> dict[str, str]
         rows += [x for x in r if info["status"] == "ok"]
         if info["status"] != "ok":
             failed.append(info)
-    ident = ["job", "dataset", "device", "stage", "setting", "seed", "status"]
+    ident = ["job", "dataset", "device", "stage", "setting", "seed", "threads", "status"]
     keys = metrics or sorted({k for r in rows for k in r} - set(ident))
     summary = R.aggregate(rows, GROUP, keys)
 

@@ -10,6 +10,7 @@ import torch
 
 from cnnvis import ConfigError
 from cnnvis.config import HardwareConfig
+from cnnvis.threads import parallel_jobs, threads_per_job
 
 
 def resolve_device(hw: HardwareConfig) -> torch.device:
@@ -23,8 +24,10 @@ def resolve_device(hw: HardwareConfig) -> torch.device:
 def apply_hardware(hw: HardwareConfig) -> torch.device:
     """Set threads and backend flags; return the device."""
     device = resolve_device(hw)
-    if hw.threads > 0:
-        torch.set_num_threads(hw.threads)
+    jobs = parallel_jobs()  # CNNVIS_PARALLEL_JOBS: jobs sharing this machine's cores (sweeps, `dvc queue -j`)
+    threads = hw.threads or (threads_per_job(jobs) if jobs > 1 else 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = hw.cudnn_benchmark
     return device

@@ -130,6 +130,19 @@ def save_figures(directory: str | os.PathLike, figures: Mapping[str, Any] | Iter
             save_figure(path, item.figure, **item.options)
 
 
+def save_volume(path: str | os.PathLike, views: Any) -> None:
+    """The activation volume of a ``cnnvis.studies.synthesis.ActivationViews`` as NRRD (3D Slicer, ParaView, napari
+    open it), byte-reproducible: pynrrd's '# on <date>' header comment is dropped."""
+    import nrrd
+
+    from cnnvis.activations import nrrd_header
+
+    with atomic_path(path) as tmp:
+        nrrd.write(str(tmp), views.volume, nrrd_header(views.volume, layer=views.layer), index_order="C")
+        head, sep, body = tmp.read_bytes().partition(b"\n\n")  # the header ends at the first blank line
+        tmp.write_bytes(re.sub(rb"(?m)^# on [^\n]*\n", b"", head) + sep + body)
+
+
 def save_npz(path: str | os.PathLike, arrays: Mapping[str, Any], *, compressed: bool = False) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         (np.savez_compressed if compressed else np.savez)(fh, **arrays)

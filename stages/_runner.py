@@ -204,7 +204,8 @@ class Context:
         for name in sorted(self.stage.inputs):
             p = self.path(name)
             h.update(name.encode() + b"\0" + (_tree_digest(p) if p is not None else "-").encode())
-        h.update(json.dumps([_plain(v) for _, v in sorted(self.params.items())], sort_keys=True, default=str).encode())
+        results = [_plain(v) for k, v in sorted(self.params.items()) if k not in EXECUTION_SECTIONS]  # not hardware
+        h.update(json.dumps(results, sort_keys=True, default=str).encode())
         h.update(json.dumps(parts, sort_keys=True, default=str).encode())
         return h.hexdigest()[:16]
 

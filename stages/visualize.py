@@ -9,7 +9,7 @@ Figures: paper 1 Fig 2–8 (deconvnet projections of every kernel of the first t
 conv layers, one map across many images, Grad-CAM first vs last layer, Guided
 Grad-CAM), the randomization test, class sensitivity and deletion/insertion
 faithfulness; paper 2 activation maximization and inversion; paper 3 §3.1 one
-layer's activations as a grid, a 3D volume (also p3_volume.nrrd), k-means and PCA.
+layer's activations as a grid, a 3D volume (the volume itself: --volume, NRRD), k-means and PCA.
 
 ``--recon`` holds the per-kernel reconstructions of every conv layer for the
 probe images (read by the similarity stage): ``layers`` (conv layer names),
@@ -25,7 +25,7 @@ from cnnvis import ConfigError
 from cnnvis.activations import ActivationsConfig
 from cnnvis.attribution import VisualizeConfig
 from cnnvis.data import load_npz
-from cnnvis.io import save_figures, save_json, save_npz
+from cnnvis.io import save_figures, save_json, save_npz, save_volume
 from cnnvis.models import load_checkpoint
 from cnnvis.studies.visualize import visualize_study
 from cnnvis.synthesis import SynthesisConfig
@@ -45,7 +45,7 @@ def run(ctx: Context) -> dict:
                             ctx.section("activations"))
     return {"figures": chain(attribution_figures(study.attribution), synthesis_figures(study.synthesis),
                              activation_figures(study.synthesis.activations)),
-            "recon": study.attribution.recon.arrays(),
+            "recon": study.attribution.recon.arrays(), "volume": study.synthesis.activations,
             "metrics": study.metrics(dataset=ctx.dataset, checkpoint=str(ctx.path("model")),
                                      test_top1=state.get("test_top1"))}
 
@@ -55,7 +55,8 @@ STAGE = Stage(
     params={"visualize": VisualizeConfig, "synthesis": SynthesisConfig, "activations": ActivationsConfig},
     inputs={"model": Input(load_checkpoint, "baseline checkpoint", made_by="train-baseline"),
             "data": Input(load_npz, "data/raw/<dataset> (its test split is used)", made_by="download")},
-    outputs={"figures": Output(save_figures, directory=True, help="directory of this stage's figures and volume"),
+    outputs={"figures": Output(save_figures, directory=True, help="directory of this stage's figures"),
+             "volume": Output(save_volume, help="paper 3's activation volume (NRRD)"),
              "recon": Output(save_npz, help="npz of the per-kernel reconstructions (uncompressed)"),
              "metrics": Output(save_json)},
 )

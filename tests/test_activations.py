@@ -86,7 +86,7 @@ def test_vertical_slice_rows_are_filter_columns():
 
 def test_synthesis_study_and_its_figures(tmp_path, model):
     from cnnvis.config import parse
-    from cnnvis.io import save_figures
+    from cnnvis.io import save_figures, save_volume
     from cnnvis.plotting.activations import VOLUME_FILE, activation_figures
     from cnnvis.plotting.synthesis import synthesis_figures
     from cnnvis.studies.synthesis import synthesis_study
@@ -103,6 +103,7 @@ def test_synthesis_study_and_its_figures(tmp_path, model):
     study = synthesis_study(model, spec, images, labels, scfg, acfg)
     assert model.training and all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     save_figures(tmp_path, [*synthesis_figures(study), *activation_figures(study.activations)])
+    save_volume(tmp_path / VOLUME_FILE, study.activations)
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written == sorted(("p2_fig02_kernels_maps.png", "p2_actmax_classes.png", "p2_actmax_channels.png",
                               "p2_inversion.png", "p3_activation_grid.png", "p3_volume.png", "p3_kmeans.png",
@@ -136,11 +137,13 @@ def test_non_conv_layer_has_no_kernels_figure(model):
 
 
 def test_volume_file_is_byte_reproducible(tmp_path):
-    from cnnvis.plotting.activations import write_volume
+    from types import SimpleNamespace
+
+    from cnnvis.io import save_volume
 
     vol = np.random.default_rng(0).random((3, 5, 4)).astype(np.float32)
     path = tmp_path / "v.nrrd"
-    write_volume(path, vol, Act.nrrd_header(vol, layer="conv"))
+    save_volume(path, SimpleNamespace(volume=vol, layer="conv"))
     raw = path.read_bytes()
     assert b"# on " not in raw.partition(b"\n\n")[0]  # no write date in the header
     back, header = nrrd.read(str(path), index_order="C")

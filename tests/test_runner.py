@@ -223,3 +223,23 @@ def test_save_figures_names_with_dots_and_saved_files(tmp_path):
     save_figures(tmp_path, figures())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["maps_features.conv1.png", "small.png", "volume.nrrd"]
     assert (tmp_path / "volume.nrrd").read_bytes() == b"NRRD" and not plt.get_fignums()  # every figure closed
+
+
+def test_parallel_jobs_share_the_cores(monkeypatch):
+    """`CNNVIS_PARALLEL_JOBS=k` (a sweep sets it; `dvc queue start -j k` users set it) gives each job
+    max(1, cores // k) torch threads unless hardware.threads names a count."""
+    import torch
+
+    from cnnvis.config import HardwareConfig
+    from cnnvis.hardware import apply_hardware
+    from cnnvis.threads import available_cores
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("CNNVIS_PARALLEL_JOBS", "2")
+        apply_hardware(HardwareConfig(threads=0))
+        assert torch.get_num_threads() == max(1, available_cores() // 2)
+        apply_hardware(HardwareConfig(threads=3))
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -23,7 +23,7 @@ CI = {"feature_map_images": 4, "gradcam_images": 3, "probe_images": 3, "eval_ima
 SYNTHESIS = {"steps": 3, "max_channels": 4, "inversion_images": 2, "inversion_steps": 3}
 ACTIVATIONS = {"kmeans_clusters": [2, 3], "kmeans_n_init": 1}
 FIGURES = ("p2_fig02_kernels_maps.png", "p2_actmax_classes.png", "p2_actmax_channels.png", "p2_inversion.png",
-           "p3_activation_grid.png", "p3_volume.png", "p3_volume.nrrd", "p3_kmeans.png", "p3_pca.png")
+           "p3_activation_grid.png", "p3_volume.png", "p3_kmeans.png", "p3_pca.png")
 
 
 @pytest.fixture
@@ -48,12 +48,12 @@ def setup(tmp_path, tiny_p1):
 def _args(tmp_path, **over):
     a = {"--dataset": "synthetic", "--model": tmp_path / "baseline.pt", "--data": tmp_path / "raw",
          "--figures": tmp_path / "figs", "--recon": tmp_path / "vis" / "reconstructions.npz",
-         "--metrics": tmp_path / "m" / "visualize.json", "--record": tmp_path / "m" / "record.json", "--params": tmp_path / "params.yaml", **over}
+         "--metrics": tmp_path / "m" / "visualize.json", "--record": tmp_path / "m" / "record.json", "--volume": tmp_path / "vol" / "p3_volume.nrrd", "--params": tmp_path / "params.yaml", **over}
     return [str(x) for kv in a.items() for x in kv]
 
 
 def _nothing_written(tmp_path):
-    return not any((tmp_path / d).exists() for d in ("figs", "vis", "m"))
+    return not any((tmp_path / d).exists() for d in ("figs", "vis", "m", "vol"))
 
 
 def test_visualize_stage_writes_figures_recon_and_metrics(setup):
@@ -64,9 +64,9 @@ def test_visualize_stage_writes_figures_recon_and_metrics(setup):
                    "beyond_randomization", "beyond_deletion_insertion", *FIGURES):
         assert any(n.startswith(prefix) for n in names), (prefix, names)
     assert not any(n.startswith(".") for n in names)  # no temporary file left
-    vol, _ = nrrd.read(str(tmp_path / "figs" / "p3_volume.nrrd"), index_order="C")
+    vol, _ = nrrd.read(str(tmp_path / "vol" / "p3_volume.nrrd"), index_order="C")
     assert vol.shape == (8, 28, 28)  # first conv layer's 8 maps
-    assert b"# on " not in (tmp_path / "figs" / "p3_volume.nrrd").read_bytes().partition(b"\n\n")[0]
+    assert b"# on " not in (tmp_path / "vol" / "p3_volume.nrrd").read_bytes().partition(b"\n\n")[0]
     with np.load(tmp_path / "vis" / "reconstructions.npz") as z:  # the similarity stage's format
         assert list(z["layers"]) == ["features.conv1", "features.conv2"]
         assert z["recon_0"].dtype == np.float16 and z["recon_0"].shape == (3, 8, 1, 28, 28)
@@ -86,7 +86,7 @@ def test_visualize_stage_writes_figures_recon_and_metrics(setup):
                 assert 0 <= entry["auc"]["mean"] <= 1 and entry["auc"]["n"] == 8
                 assert ("vs_random" in entry) == (name != "random")  # every method tested against the control
                 if name != "random":
-                    assert entry["vs_random"]["verdict"].endswith(f"n=8)") and 0 <= entry["vs_random"]["p_value"] <= 1
+                    assert entry["vs_random"]["verdict"].endswith("n=8)") and 0 <= entry["vs_random"]["p_value"] <= 1
     assert list(m["class_sensitivity"]) == ["saliency", "deconvnet", "guided_backprop", "gradcam", "guided_gradcam"]
     assert list(m["randomization"]) == list(m["class_sensitivity"])
     assert [s["layer"] for s in m["randomization"]["gradcam"]][0] == "classifier.fc"

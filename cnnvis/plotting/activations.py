@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
-import nrrd
 import numpy as np
 from matplotlib.figure import Figure
 
-from cnnvis.activations import nrrd_header
 from cnnvis.io import Saved
 
 VOLUME_FILE = "p3_volume.nrrd"
@@ -174,24 +170,15 @@ def pca_orderings(slice_rows: np.ndarray, slice_order: np.ndarray, maps: np.ndar
     return fig
 
 
-def write_volume(path: Path, vol: np.ndarray, header: dict) -> None:
-    """The NRRD volume, byte-reproducible: pynrrd's '# on <date>' header comment is dropped."""
-    nrrd.write(str(path), vol, header, index_order="C")
-    raw = Path(path).read_bytes()
-    head, sep, body = raw.partition(b"\n\n")  # the header ends at the first blank line
-    Path(path).write_bytes(re.sub(rb"(?m)^# on [^\n]*\n", b"", head) + sep + body)
-
-
 def activation_figures(views: Any) -> Iterator[tuple[str, Saved]]:
     """The files of a ``cnnvis.studies.synthesis.ActivationViews`` (paper 3 §3.1, paper 2 Fig 2) as (name, Saved),
-    one at a time: the grid, the kernels (a conv layer only), the NRRD volume and its rendering, the orderings."""
+    one at a time: the grid, the kernels (a conv layer only), the volume's rendering, the orderings (the NRRD volume
+    itself is data: ``cnnvis.io.save_volume``)."""
     v = views
     yield "p3_activation_grid", Saved(activation_grid(v.image, v.maps, layer=v.layer, label=v.label), {"dpi": 110})
     if v.kernels is not None:
         yield "p2_fig02_kernels_maps", Saved(kernels_and_maps(v.image, v.kernels, v.maps, layer=v.layer,
                                                               label=v.label), {"dpi": 110})
-    header = nrrd_header(v.volume, layer=v.layer)
-    yield VOLUME_FILE, Saved(write=lambda path: write_volume(path, v.volume, header))
     yield "p3_volume", Saved(volume_render(v.volume, v.volume[v.map_order], layer=v.layer, volume_file=VOLUME_FILE),
                              {"dpi": 100})
     yield "p3_kmeans", Saved(kmeans_orderings(v.slice_rows, v.orderings, layer=v.layer, column=v.column), {"dpi": 110})

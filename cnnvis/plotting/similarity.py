@@ -110,21 +110,20 @@ def layer_figures(layers: Sequence, cfg, *, probe_label: str, model_tag: str,
     the paper's name where it has one (``paper[layer index][kind]``), else maps_<layer> (groups outlined) and
     matrix_<layer>; the plain maps figure only as a paper figure."""
     for layer in layers:
-        ls, red = layer.similarity, layer.redundancy
         names = {"groups": f"maps_{layer.name}", "matrix": f"matrix_{layer.name}", **paper.get(layer.index, {})}
-        what = (f"{model_tag}: deconvnet reconstructions of the {red.num_kernels} feature maps of {layer.name} "
-                f"({probe_label})")
-        silent = np.flatnonzero(ls.dead_maps[0]).tolist()  # the pixels show probe image 0
-        draw = {
-            "maps": lambda: maps_grid_figure(layer.pixels, title=what, outline=False, dead=red.dead_kernels,
-                                             silent=silent),
-            "groups": lambda: maps_grid_figure(layer.pixels, title=what, groups=red.groups, dead=red.dead_kernels,
-                                               silent=silent),
-            "matrix": lambda: similarity_matrix_figure(
-                ls.mean, title=f"{model_tag}: pHash similarity of the feature maps of {layer.name}",
-                threshold=cfg.threshold, groups=red.groups, dead=red.dead_kernels, method=cfg.method,
-                n_images=ls.dead_maps.shape[0]),
-        }
         for kind in FIGURE_KINDS:
             if kind in names:
-                yield names[kind], draw[kind]()
+                yield names[kind], _layer_figure(kind, layer, cfg, probe_label=probe_label, model_tag=model_tag)
+
+
+def _layer_figure(kind: str, layer, cfg, *, probe_label: str, model_tag: str) -> plt.Figure:
+    ls, red = layer.similarity, layer.redundancy
+    if kind == "matrix":
+        return similarity_matrix_figure(
+            ls.mean, title=f"{model_tag}: pHash similarity of the feature maps of {layer.name}", threshold=cfg.threshold,
+            groups=red.groups, dead=red.dead_kernels, method=cfg.method, n_images=ls.dead_maps.shape[0])
+    what = f"{model_tag}: deconvnet reconstructions of the {red.num_kernels} feature maps of {layer.name} ({probe_label})"
+    silent = np.flatnonzero(ls.dead_maps[0]).tolist()  # the pixels show probe image 0
+    if kind == "maps":
+        return maps_grid_figure(layer.pixels, title=what, outline=False, dead=red.dead_kernels, silent=silent)
+    return maps_grid_figure(layer.pixels, title=what, groups=red.groups, dead=red.dead_kernels, silent=silent)

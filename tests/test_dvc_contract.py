@@ -15,7 +15,6 @@ import yaml
 
 from conftest import ROOT
 
-
 CHECKS = ("params-check",)  # stages that check the workspace and produce nothing (no Stage spec)
 
 

@@ -325,22 +325,27 @@ def test_table1_markdown_and_stage(tmp_path):
     from cnnvis.studies.table1 import table1, table1_markdown
     from stages import table1 as stage
 
+    from cnnvis import stats as S
+
     reference = yaml.safe_load(REFERENCE.read_text())
-    md = table1_markdown(table1({"mnist": _row("mnist", [98.0, 98.2], [98.5, 98.7], [98.6, 98.9])}, ["mnist"],
-                                reference))
+    row = _row("mnist", [98.0, 98.2], [98.5, 98.7], [98.6, 98.9])
+    row["tests"] = {"welch": S.welch([98.5, 98.7], [98.6, 98.9], ("adjusted", "control")).as_dict()}
+    md = table1_markdown(table1({"mnist": row}, ["mnist"], reference))
     assert "| MNIST | 2 | 98.07 | 99.42 | 98.10 ± 0.14 | 98.60 ± 0.14 | 98.75 ± 0.21 |" in md  # paper's from the file
-    assert "control wins by 0.15 (within one std)" in md
+    assert "adjusted and control not distinguishable at α=0.05 (Welch t, n=2" in md  # the verdict is the test's
     rows = tmp_path / "rows"
     rows.mkdir()
+    right = np.r_[np.ones(900), np.zeros(100)].astype(bool)
+    mcnemar = S.mcnemar(right, np.r_[np.ones(850), np.zeros(150)].astype(bool), ("adjusted", "control")).as_dict()
     for ds in ("fashion_mnist", "mnist", "cifar10"):
-        (rows / f"{ds}.json").write_text(json.dumps(_row(ds, [90.0], [91.0], [90.5])))
+        (rows / f"{ds}.json").write_text(json.dumps({**_row(ds, [90.0], [91.0], [90.5]), "tests": {"mcnemar": mcnemar}}))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"dataset": {"fashion_mnist": {}, "mnist": {}}, "hardware": {}}))
     out = tmp_path / "table1.md"
     stage.main(["--rows", str(rows), "--reference", str(REFERENCE), "--table", str(out), "--params", str(params)])
     body = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [line.split("|")[1].strip() for line in body] == ["MNIST", "FASHION_MNIST"]  # paper order, selected only
-    assert "adjusted wins by 0.50 (n=1: no spread)" in body[0]
+    assert "adjusted better than control by 5.00 points (McNemar exact, n=1000, p=" in body[0]  # n=1 seed: per image
     assert body[1].split("|")[3:5] == [" — ", " — "]  # no paper numbers for a dataset the paper does not report
 
 
@@ -463,6 +468,8 @@ def test_similarity_adjust_retrain_table_on_synthetic(tmp_path):
     figures = {f.name for f in (tmp_path / "fig_adj").iterdir()}  # each figure once: paper name, else generic
     assert figures == {"p1_fig13.png", "p1_fig14.png", "maps_features.conv1.png", "matrix_features.conv1.png"}
     assert not list((tmp_path / "resume").iterdir())  # resume state removed once each training finished
+    mc = adj["adjusted_vs_control"]["mcnemar"]  # per image on the whole test split, the first seed's two models
+    assert mc["test"] == "McNemar exact" and mc["n"] == adj["test"]["n"] and 0 < mc["p_value"] <= 1
     table1.main(["--params", str(params), "--rows", str(tmp_path / "rows"), "--reference", str(REFERENCE),
                  "--table", str(tmp_path / "table1.md")])
     assert "| synthetic | 1 |" in (tmp_path / "table1.md").read_text()

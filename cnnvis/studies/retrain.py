@@ -20,11 +20,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
+import numpy as np
 from torch import nn
 
-from cnnvis import ConfigError, models
+from cnnvis import ConfigError, models, training
 from cnnvis import adjust as A
 from cnnvis import data as D
+from cnnvis import stats as S
 from cnnvis.config import ModelConfig, TrainConfig, parse, to_dict
 from cnnvis.models import conv_layers
 from cnnvis.similarity import SimilarityConfig
@@ -77,6 +79,7 @@ class RetrainStudy:
     widths: dict  # before / after / control → conv widths
     parameters: dict  # before / after / control → parameter count
     results: dict  # before / after / control → summary over seeds (test top-1 %)
+    tests: dict  # "mcnemar": the first seed's adjusted vs control on every test image; "welch": across seeds
     runs: dict  # before / after / control → one record per seed
     layers: tuple[LayerStudy, ...]  # the adjusted model's similarity on every probe image
     probe_label: str
@@ -90,14 +93,14 @@ class RetrainStudy:
                 "top1": res.get("after"), "control_top1": res.get("control"),
                 "before": {"top1": res["before"]["mean"], **res["before"]},
                 "control": {"top1": res["control"]["mean"], **res["control"]},
-                "parameters": self.parameters, "widths": self.widths,
+                "parameters": self.parameters, "widths": self.widths, "adjusted_vs_control": self.tests,
                 "runs": runs, "similarity_after": [layer.record() for layer in self.layers]}
 
     def row(self, dataset: str) -> dict:
         """This dataset's Table I row (the paper's numbers are joined in by ``table1``)."""
         return {"dataset": dataset, "name": DATASET_NAMES.get(dataset, dataset), "seeds": list(self.seeds),
                 "epochs": {"before": self.baseline_epochs, "after": self.recipe.epochs, "control": self.recipe.epochs},
-                "widths": self.widths, "parameters": self.parameters, **self.results}
+                "widths": self.widths, "parameters": self.parameters, "tests": self.tests, **self.results}
 
     def figures(self) -> Iterator[tuple[str, plt.Figure]]:
         """Paper 1 Fig 13 / 14 (the last conv layer), maps + matrix of every other conv layer."""
@@ -117,6 +120,15 @@ def as_saved(t: Trained) -> nn.Module:
                                num_classes=spec["num_classes"], image_size=spec["image_size"])
     model.load_state_dict({k: v.detach().cpu() for k, v in t.model.state_dict().items()})
     return model.eval()
+
+
+def test_correct(raw: D.RawDataset, t: Trained) -> np.ndarray:
+    """[N] bool: which test images (the same subset ``fit`` evaluated) the trained model classifies right."""
+    cfg = t.train_cfg
+    td = D.prepare(raw, val_size=cfg.val_size, max_train=cfg.max_train_images, max_test=cfg.max_test_images,
+                   seed=cfg.seed)
+    logits = training.predict_logits(t.model, td.test_x, td.mean, td.std, batch_size=cfg.eval_batch_size)
+    return (logits.argmax(1) == td.test_y).numpy()
 
 
 def retrain_study(raw: D.RawDataset, adjusted: Adjusted, baseline_metrics: dict, probes: Probes,
@@ -158,6 +170,10 @@ def retrain_study(raw: D.RawDataset, adjusted: Adjusted, baseline_metrics: dict,
             runs["before"].append(b.run_record())
 
     model = as_saved(kept["adjusted"])
+    correct = {k: test_correct(raw, kept[k]) for k in ("adjusted", "control")}
+    tests = {"mcnemar": S.mcnemar(correct["adjusted"], correct["control"], ("adjusted", "control")).as_dict()}
+    if (w := S.welch(values["after"], values["control"], ("adjusted", "control"))) is not None:
+        tests["welch"] = w.as_dict()
     x, labels = probe_images(raw, probes, None, spec)
     layers = tuple(layer_study(name, i, A.reconstruct(model, i, x, mode=cfg.deconv_mode, rectify=cfg.deconv_rectify),
                                sim_cfg) for i, (name, _) in enumerate(conv_layers(model)))
@@ -169,5 +185,6 @@ def retrain_study(raw: D.RawDataset, adjusted: Adjusted, baseline_metrics: dict,
                 "control": list(control_cfg.widths)},
         parameters={"before": models.count_parameters_of(base_cfg, spec), "after": target,
                     "control": models.count_parameters_of(control_cfg, spec)},
-        results={k: summary(v) for k, v in values.items() if v}, runs=runs, layers=layers, probe_label=label,
+        results={k: summary(v) for k, v in values.items() if v}, tests=tests, runs=runs, layers=layers,
+        probe_label=label,
         similarity=sim_cfg)

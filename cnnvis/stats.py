@@ -1,0 +1,68 @@
+"""Named tests for comparisons the tables state: McNemar on per-image predictions, Welch across seeds.
+
+Every comparison a table prints carries n, the spread and the test; its sentence is derived from the
+test's outcome by ``verdict``, never written by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A against B: the named test, its sample size, the effect and the two-sided p-value."""
+
+    a: str
+    b: str
+    test: str  # "McNemar exact" | "Welch t"
+    n: int  # images (McNemar) or seeds per group (Welch: the smaller group)
+    difference: float  # A − B in accuracy points
+    p_value: float
+    detail: str  # the counts the test used
+    alpha: float = 0.05
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "verdict": verdict(self)}
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray, names: tuple[str, str] = ("A", "B"), *,
+            alpha: float = 0.05) -> Comparison:
+    """Exact McNemar test of two classifiers on the same images (``correct_*``: [N] bool): the images only one of
+    them gets right decide; under H0 each such image favours A or B with probability 1/2 (binomial). Works for a
+    single trained model each (n = 1 seed)."""
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"mcnemar: expected two equal [N] masks, got {a.shape} and {b.shape}")
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    p = 1.0 if only_a + only_b == 0 else float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+    return Comparison(*names, "McNemar exact", int(a.size), 100.0 * (only_a - only_b) / a.size, p,
+                      f"{only_a} images right only by {names[0]}, {only_b} only by {names[1]}", alpha)
+
+
+def welch(values_a: list[float], values_b: list[float], names: tuple[str, str] = ("A", "B"), *,
+          alpha: float = 0.05) -> Comparison | None:
+    """Welch's t-test of per-seed accuracies (unequal variances); None below 2 seeds per group."""
+    from scipy.stats import ttest_ind
+
+    if min(len(values_a), len(values_b)) < 2:
+        return None
+    r = ttest_ind(values_a, values_b, equal_var=False)
+    sd = (float(np.std(values_a, ddof=1)), float(np.std(values_b, ddof=1)))
+    return Comparison(*names, "Welch t", min(len(values_a), len(values_b)), float(np.mean(values_a) - np.mean(values_b)),
+                      float(r.pvalue), f"sd {sd[0]:.2f} vs {sd[1]:.2f} over {len(values_a)} / {len(values_b)} seeds",
+                      alpha)
+
+
+def verdict(c: Comparison) -> str:
+    """The sentence a table prints: which is better, or that they are not distinguishable, with the test."""
+    how = f"{c.test}, n={c.n}, p={c.p_value:.2g}; {c.detail}"
+    if not c.p_value < c.alpha or c.difference == 0:
+        return f"{c.a} and {c.b} not distinguishable at α={c.alpha:g} ({how})"
+    better, worse = (c.a, c.b) if c.difference > 0 else (c.b, c.a)
+    return f"{better} better than {worse} by {abs(c.difference):.2f} points ({how})"

@@ -201,7 +201,8 @@ def sweep(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_clas
           fractions: Sequence[float], example_inputs: torch.Tensor, *, random_repeats: int = 3, seed: int = 0, min_keep: int = 1,
           batch_size: int = 1000, progress: Callable[..., Iterable] = lambda it, **_: it) -> list[dict]:
     """Error while zeroing the lowest-scoring filters at each fraction, for each ranking
-    (``rankings``: method → normalized scores) and for ``random_repeats`` random choices."""
+    (``rankings``: method → normalized scores) and for ``random_repeats`` random choices. Each row's ``wrong``
+    is the per-image mask [N] bool (for paired tests; not for JSON)."""
     sizes = {n: s.numel() for n, s in next(iter(rankings.values())).items()}
     g = torch.Generator().manual_seed(seed)
     jobs: list[tuple[str, int, float]] = [(m, 0, f) for f in fractions for m in rankings]
@@ -222,7 +223,8 @@ def sweep(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_clas
         rows.append({"method": method, "repeat": repeat, "fraction": fraction, "removed": n_removed,
                      "removed_fraction": n_removed / sum(sizes.values()), "threshold": threshold,
                      "removed_per_layer": {n: len(v) for n, v in removed.items()},
-                     "error": res["error"], "per_class_error": res["per_class_error"]})
+                     "error": res["error"], "per_class_error": res["per_class_error"],
+                     "wrong": (res["predictions"] != labels).numpy()})
     return rows
 
 

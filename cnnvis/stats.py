@@ -66,3 +66,23 @@ def verdict(c: Comparison) -> str:
         return f"{c.a} and {c.b} not distinguishable at α={c.alpha:g} ({how})"
     better, worse = (c.a, c.b) if c.difference > 0 else (c.b, c.a)
     return f"{better} better than {worse} by {abs(c.difference):.2f} points ({how})"
+
+
+def paired_bootstrap(per_item: np.ndarray, names: tuple[str, str] = ("A", "B"), *, what: str = "error",
+                     resamples: int = 10_000, confidence: float = 0.95, seed: int = 0, alpha: float = 0.05) -> Comparison:
+    """Paired bootstrap over items (images) of d_i = A_i − B_i [N] (e.g. per-image error averaged over the pruning
+    fractions, in points): the CI of the mean difference and a two-sided bootstrap p-value (twice the share of
+    resampled means on the other side of 0). ``difference`` is reported as B − A for an error, so that positive
+    always means A is better."""
+    d = np.asarray(per_item, dtype=np.float64)
+    if d.ndim != 1 or d.size < 2:
+        raise ValueError(f"paired_bootstrap: expected [N >= 2] differences, got shape {d.shape}")
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(resamples, d.size))].mean(1)
+    lo, hi = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
+    p = min(1.0, 2 * min(float((means <= 0).mean()), float((means >= 0).mean())))
+    p = max(p, 1.0 / resamples) if d.any() else 1.0  # resolution of the bootstrap
+    sign = -1.0 if what == "error" else 1.0
+    return Comparison(*names, "paired bootstrap", int(d.size), sign * float(d.mean()), p,
+                      f"mean {what} difference {float(d.mean()):+.2f} points, {int(confidence * 100)} % CI "
+                      f"[{lo:+.2f}, {hi:+.2f}], {resamples} resamples", alpha)

@@ -268,6 +268,9 @@ def test_stage_end_to_end(tmp_path):
     assert pr["saved_as"] == "physical" and pr["predictions_equal"] and pr["error_masked"] == pr["error_physical"]
     assert pr["params_after"] < pr["params_before"] and pr["macs_after"] < pr["macs_before"]
     assert {r["method"] for r in m["sweep"]["rows"]} == {"importance", "l1_norm", "random"}
+    tests = m["sweep"]["tests"]  # every pair of rankings, paired over the same sweep images
+    assert set(tests) == {"importance_vs_l1_norm", "importance_vs_random", "l1_norm_vs_random"}
+    assert all(t["test"] == "paired bootstrap" and t["n"] == m["sweep"]["images"] and t["verdict"] for t in tests.values())
     small, state = load_checkpoint(out["out"])
     assert sum(p.numel() for p in small.parameters()) == pr["params_after"]
     assert state["model"]["widths"] != [6, 8]

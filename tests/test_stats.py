@@ -35,3 +35,16 @@ def test_welch_needs_two_seeds_and_equals_scipy():
     c = S.welch(a, b, ("adjusted", "control"))
     assert c.p_value == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue) and c.n == 3
     assert S.verdict(c).startswith("adjusted better than control by 1.30 points (Welch t, n=3")
+
+
+def test_paired_bootstrap_sign_ci_and_p():
+    rng = np.random.default_rng(0)
+    better = rng.normal(-5.0, 10.0, 400)  # A's per-image error minus B's: A makes fewer errors
+    c = S.paired_bootstrap(better, ("importance", "random"), seed=1)
+    assert c.test == "paired bootstrap" and c.n == 400 and c.difference == pytest.approx(-better.mean())
+    assert c.p_value < 0.01 and S.verdict(c).startswith("importance better than random by")
+    noise = rng.normal(0.0, 10.0, 400)
+    assert S.paired_bootstrap(noise - noise.mean(), seed=1).p_value > 0.5  # mean exactly 0
+    assert S.paired_bootstrap(np.zeros(10)).p_value == 1.0
+    with pytest.raises(ValueError):
+        S.paired_bootstrap(np.zeros(1))

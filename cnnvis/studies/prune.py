@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,6 +25,7 @@ from cnnvis import ConfigError
 from cnnvis import data as D
 from cnnvis import importance as I
 from cnnvis import pruning as P
+from cnnvis import stats as S
 from cnnvis.config import ModelConfig, TrainConfig, parse, to_dict
 from cnnvis.io import Checkpoint
 from cnnvis.paper_reference import paper_numbers
@@ -106,6 +108,18 @@ def pick_classes(conf: torch.Tensor, reference: int | None) -> tuple[int, int, i
     mix[ref] = float("inf")
     mix[similar] = float("inf")
     return ref, similar, int(mix.argmin())
+
+
+def sweep_tests(rows: Sequence[dict], seed: int = 0) -> dict[str, dict]:
+    """Each pair of rankings on the same images: per image, the error (%) averaged over every fraction of the sweep
+    (random: also over its repeats), compared by a paired bootstrap (``cnnvis.stats.paired_bootstrap``)."""
+    per_image: dict[str, list[np.ndarray]] = {}
+    for r in rows:
+        per_image.setdefault(r["method"], []).append(100.0 * r["wrong"].astype(np.float64))
+    area = {m: np.mean(v, axis=0) for m, v in per_image.items()}  # [N] mean over fractions (and repeats)
+    names = list(area)
+    return {f"{a}_vs_{b}": S.paired_bootstrap(area[a] - area[b], (a, b), seed=seed).as_dict()
+            for i, a in enumerate(names) for b in names[i + 1:]}
 
 
 def summarize_sweep(rows: Sequence[dict]) -> dict:
@@ -218,7 +232,8 @@ class PruneStudy:
                               "probes": {k: int(self.rank_indices[v]) for k, v in self.probes.items()}},
             "per_class_table": {"layer": self.table_layer, "rows": self.table_rows},
             "sweep": {"images": self.sweep_images, "seconds": round(s["sweep"], 2), "normalization": cfg.normalization,
-                      "summary": summarize_sweep(self.sweep_rows), "rows": self.sweep_rows},
+                      "summary": summarize_sweep(self.sweep_rows), "tests": sweep_tests(self.sweep_rows, cfg.seed),
+                      "rows": [{k: v for k, v in r.items() if k != "wrong"} for r in self.sweep_rows]},
             "pruned": self.pruned.record,
         }
 

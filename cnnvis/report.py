@@ -386,9 +386,43 @@ def table_cells(t: Table, decimals: int) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
-def results_markdown_block(tables: Sequence[Table], papers: Mapping[str, Any], decimals: int) -> str:
-    """The tables part of RESULTS.md, the same text the README's results block holds."""
+FAITHFULNESS_SHOWN = (("deletion", "black"), ("insertion", "blur"))  # the pairs the findings list name
+
+
+def findings(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One sentence per comparison a stage tested, each the test's own verdict (n, effect, test, p): adjusted vs
+    control (retrain), the pruning rankings (prune-by-importance), each attribution method against random maps
+    (visualize). Nothing is said of a comparison no stage tested."""
+    out = []
+    for ds, files in metrics.items():
+        adjusted = files.get("adjusted.json") or {}
+        for name, test in (adjusted.get("adjusted_vs_control") or {}).items():
+            out.append(f"{ds}, pHash-adjusted widths vs uniform-width control ({name}): {test['verdict']}.")
+        sweep = (files.get("prune.json") or {}).get("sweep") or {}
+        for test in (sweep.get("tests") or {}).values():
+            out.append(f"{ds}, filter pruning, error averaged over the sweep's fractions: {test['verdict']}.")
+        faith = (files.get("visualize.json") or {}).get("faithfulness") or {}
+        methods = faith.get("methods") or {}
+        for method, entry in methods.items():
+            for metric, baseline in FAITHFULNESS_SHOWN:
+                cell = entry.get(metric, {}).get(baseline) or {}
+                test, control = cell.get("vs_random"), (methods.get("random", {}).get(metric, {}).get(baseline) or {})
+                if test and control:
+                    out.append(f"{ds}, {method}, {metric} AUC ({baseline} baseline, '{faith.get('sign')}' sign rule): "
+                               f"{cell['auc']['mean']:.3f} vs {control['auc']['mean']:.3f} for random maps, paired "
+                               f"difference {test['mean_difference']:+.3f} ({int(100 * test['confidence'])} % CI "
+                               f"[{test['ci_low']:+.3f}, {test['ci_high']:+.3f}], Wilcoxon signed-rank): "
+                               f"{test['verdict']}.")
+    return out
+
+
+def results_markdown_block(tables: Sequence[Table], papers: Mapping[str, Any], decimals: int,
+                           found: Sequence[str] = ()) -> str:
+    """The tables part of RESULTS.md, the same text the README's results block holds, after the findings."""
     parts = []
+    if found:
+        parts.append("### Findings, as the tests state them\n\nEach line is generated from a test a stage ran "
+                     "(its n, effect and p-value); α = 0.05.\n\n" + "\n".join(f"- {f}" for f in found))
     for t in tables:
         short = papers.get(t.paper, {}).get("short", t.paper.upper())
         headers, rows = table_cells(t, decimals)
@@ -414,7 +448,8 @@ def render_markdown(ctx: Mapping[str, Any]) -> str:
                            [(t["dataset"], t["stage"], _fmt(t["seconds"], 1), _fmt(t["train_seconds"], 1),
                              t["threads"] if t["threads"] is not None else "—") for t in times]), ""]
     lines += ["## Paper tables, paper beside ours", "", BLOCK_START,
-              results_markdown_block(ctx["tables"], ctx["papers"], cfg.decimals).rstrip("\n"), BLOCK_END, ""]
+              results_markdown_block(ctx["tables"], ctx["papers"], cfg.decimals, ctx.get("findings", ())).rstrip("\n"),
+              BLOCK_END, ""]
     raw = ctx.get("stage_tables_text", {})
     claimed = [(p, raw[p]) for t in ctx["tables"] for name in t.stage_tables for p in raw if p.rsplit("/", 1)[-1] == name]
     if claimed:
@@ -529,6 +564,9 @@ window.addEventListener("load", cnnvisMark);
 {% else %}<p class="meta">No stage recorded its time yet.</p>{% endif %}
 </section>
 
+{% if findings %}<section id="findings"><h2>Findings, as the tests state them</h2>
+<p>Each line is generated from a test a stage ran (its n, effect and p-value); α = 0.05.</p>
+<ul>{% for f in findings %}<li>{{ f }}</li>{% endfor %}</ul></section>{% endif %}
 <section id="tables"><h2>Paper tables, paper beside ours</h2>
 <p class="meta">Rows shaded yellow are the paper's, blue are ours. Δ: ours − paper on the same dataset; ± sample std over n seeds. "{{ missing }}" marks a stage that has not produced this metric yet.</p>
 {% for t in tables %}
@@ -627,7 +665,7 @@ def build_context(config: ReportConfig, reference: Mapping[str, Any], metrics: M
         "stage_tables": rendered, "stage_tables_text": dict(sorted(stage_tables.items())),
         "beyond_tables": [(p, h) for p, h in rendered.items() if p.rsplit("/", 1)[-1] not in claimed],
         "beyond_figures": beyond_figs, "summary": summary,
-        "beyond_results": beyond_tables(reference.get("beyond", []), metrics),
+        "beyond_results": beyond_tables(reference.get("beyond", []), metrics), "findings": findings(metrics),
     }
 
 

@@ -283,3 +283,20 @@ def test_stage_table_headings_sit_below_the_page_headings():
     assert "<h4>Table 1 — x</h4>" in R.parse_stage_table("t.md", text) and "<table>" in R.parse_stage_table("t.md", text)
     md = R.stage_table_markdown("t.md", text)
     assert md.startswith("#### Table 1 — x") and "\n# not a heading\n" in md
+
+
+def test_findings_are_the_tests_verdicts_with_their_numbers():
+    test = {"verdict": "adjusted and control not distinguishable at α=0.05 (McNemar exact, n=10000, p=0.4; …)"}
+    faith = {"sign": "positive", "methods": {
+        "gradcam": {"deletion": {"black": {"auc": {"mean": 0.53}, "vs_random": {
+            "mean_difference": -0.01, "ci_low": -0.03, "ci_high": 0.01, "confidence": 0.95,
+            "verdict": "not distinguishable from random at α=0.05 (p=0.3, n=512)"}}}},
+        "random": {"deletion": {"black": {"auc": {"mean": 0.54}}}}}}
+    metrics = {"fashion_mnist": {"adjusted.json": {"adjusted_vs_control": {"mcnemar": test}},
+                                 "visualize.json": {"faithfulness": faith}, "prune.json": {"sweep": {}}}}
+    lines = R.findings(metrics)
+    assert lines[0] == f"fashion_mnist, pHash-adjusted widths vs uniform-width control (mcnemar): {test['verdict']}."
+    assert lines[1].startswith("fashion_mnist, gradcam, deletion AUC (black baseline, 'positive' sign rule): 0.530 vs "
+                               "0.540 for random maps, paired difference -0.010 (95 % CI [-0.030, +0.010]")
+    assert lines[1].endswith("not distinguishable from random at α=0.05 (p=0.3, n=512).") and len(lines) == 2
+    assert R.findings({"mnist": {}}) == []  # nothing tested, nothing said

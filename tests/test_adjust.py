@@ -322,10 +322,9 @@ REFERENCE = ROOT / "reports" / "paper_reference.yaml"
 
 
 def test_table1_markdown_and_stage(tmp_path):
+    from cnnvis import stats as S
     from cnnvis.studies.table1 import table1, table1_markdown
     from stages import table1 as stage
-
-    from cnnvis import stats as S
 
     reference = yaml.safe_load(REFERENCE.read_text())
     row = _row("mnist", [98.0, 98.2], [98.5, 98.7], [98.6, 98.9])

@@ -236,15 +236,19 @@ def test_no_stage_imports_another_stage():
 
 
 def test_params_check_stage_runs_the_recorded_composition_check(tmp_path):
-    """`dvc repro` starts with params-check: its command fails on a hand-edited params.yaml and passes on the
-    composition it records (here with an override)."""
+    """`dvc repro` starts with params-check: it fails on a hand-edited params.yaml, passes on the composition it
+    records (here with an override) and on a file `dvc exp run` composed (no record: DVC's own composition)."""
     doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["params-check"]
     assert {"conf", "params.yaml"} <= set(doc["deps"])
     out = tmp_path / "params.yaml"
     subprocess.run([sys.executable, "-m", "stages.compose", "--out", str(out), "experiment=ci"], cwd=ROOT, check=True,
                    capture_output=True)
-    cmd = [*shlex.split(doc["cmd"]), "--out", str(out)]
-    assert subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, capture_output=True).returncode == 0
-    out.write_text(out.read_text().replace("epochs: 2", "epochs: 3", 1))
-    result = subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, capture_output=True, text=True)
+    cmd = [sys.executable, *shlex.split(doc["cmd"])[1:], "--params", str(out)]
+    assert subprocess.run(cmd, cwd=ROOT, capture_output=True).returncode == 0
+    edited = out.read_text().replace("epochs: 2", "epochs: 3", 1)
+    out.write_text(edited)
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1 and "differs from the composition of conf/" in result.stderr
+    out.write_text(edited.split("_compose:")[0])  # as `dvc exp run -S train.epochs=3 ...` writes it
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0 and "no composition record" in result.stdout

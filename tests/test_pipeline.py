@@ -1,34 +1,47 @@
 """Pipeline smoke test (`dvc repro` of experiment=ci in a temporary copy) and regression of accuracies.
 
-CI regression: the ci metrics must equal the committed expected values within
-the stated tolerance (CPU training here is deterministic; the tolerance absorbs
-other CPUs' kernels). Regenerate after an intended change with
-``CNNVIS_UPDATE_EXPECTED=1 pytest tests/test_pipeline.py``.
+CI regression: the ci run's metrics against tests/expected/ci_metrics.yaml, written by
+``.venv/bin/python -m tests.calibrate`` from several ci runs (seeds × emulated CPU instruction sets): per
+metric the expected value (the seed-0 native run, which the fixture repeats), n, mean, sd and a tolerance
+max(floor, k·sd). An accuracy may not fall, an error rate may not rise, by more than its tolerance; CPU
+training is bit-identical on one machine, not across CPUs, and the tolerance absorbs that. Metrics with
+``guard: true`` fail on a 3-point drop (tested below); the others only on a collapse. The committed
+full-run metrics against tests/expected/full_metrics.yaml, the same way (its header says how its
+tolerances come from the ci measurement). After an intended change of results, rerun the calibration
+(after a new full `make repro` only: ``python -m tests.calibrate --full-only``).
 """
 
 from __future__ import annotations
 
-import os
+import copy
 import time
 
 import pytest
+import yaml
 
-from pipeline import ROOT, collect_metrics, compare, copy_repo, load_expected, run, write_expected
+from pipeline import (
+    ROOT,
+    ci_repro,
+    code_id,
+    collect_metrics,
+    compare,
+    copy_repo,
+    cpu_capability,
+    is_error,
+    load_expected,
+    points_per_unit,
+    run,
+)
 
 CI_EXPECTED = ROOT / "tests" / "expected" / "ci_metrics.yaml"
 FULL_EXPECTED = ROOT / "tests" / "expected" / "full_metrics.yaml"
-CI_TOLERANCE = 2.0  # accuracy points; identical on this machine kind, other CPUs' kernels differ slightly
-FULL_TOLERANCE = 0.5  # a committed accuracy may not fall by more than this
 
 
 @pytest.fixture(scope="module")
 def ci_run(tmp_path_factory):
     repo = copy_repo(tmp_path_factory.mktemp("repo"))
-    # one torch thread: pytest runs two workers on two cores; oversubscribed OpenMP threads are 10x slower
-    composed = run(["python", "-m", "stages.compose", "experiment=ci", "hardware.threads=1"], repo)
-    assert composed.returncode == 0, composed.stderr
     t0 = time.perf_counter()
-    first = run(["dvc", "repro"], repo)
+    first = ci_repro(repo)
     seconds = time.perf_counter() - t0
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     t0 = time.perf_counter()
@@ -48,31 +61,140 @@ def test_ci_dag_runs_and_second_repro_does_nothing(ci_run):
     print(f"ci DAG: {ci_run['seconds']:.0f} s; second repro {ci_run['again']:.1f} s")
 
 
+def _calibrated_note(repo, expected: dict) -> str:
+    code = code_id(repo)
+    same = "the same code" if code == expected.get("code") else f"code {expected.get('code')}, this run's is {code}"
+    return (f"\n(this run: {cpu_capability()} kernels; the expected values were calibrated by `{expected['command']}` on {same};"
+            " after an intended change of results rerun that command)")
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("pipeline")
 def test_ci_metrics_regression(ci_run):
     current = collect_metrics(ci_run["repo"] / "reports")
     assert current, "the ci run wrote no accuracy metrics"
-    if os.environ.get("CNNVIS_UPDATE_EXPECTED"):
-        write_expected(CI_EXPECTED, current, CI_TOLERANCE, "accuracies and error rates (%) of `dvc repro` with experiment=ci")
-        pytest.skip(f"wrote {CI_EXPECTED}")
     expected = load_expected(CI_EXPECTED)
-    problems = compare(current, expected["metrics"], expected["tolerance_points"])
-    assert not problems, "ci accuracy regression:\n" + "\n".join(problems)
+    problems = compare(current, expected["metrics"])
+    assert not problems, "ci accuracy regression:\n" + "\n".join(problems) + _calibrated_note(ci_run["repo"], expected)
+    uncalibrated = sorted(f"{f}:{k}" for f, leaves in current.items() for k in leaves if k not in expected["metrics"].get(f, {}))
+    print(f"{sum(map(len, expected['metrics'].values()))} ci metrics within tolerance on {cpu_capability()};"
+          f" {len(uncalibrated)} not calibrated: {uncalibrated[:5]}")
+
+
+def dropped(metrics: dict, points: float, only_guards: bool = True) -> dict:
+    """{file: {key: value}} of the expected values, each made worse by ``points`` (an accuracy lower, an error
+    rate higher; in a relative error's own unit, a fraction): what a real drop would report."""
+    out: dict = {}
+    for file, leaves in metrics.items():
+        for key, spec in leaves.items():
+            if spec["guard"] or not only_guards:
+                delta = points / points_per_unit(key)
+                out.setdefault(file, {})[key] = spec["expected"] + (delta if is_error(key) else -delta)
+    return out
+
+
+def test_ci_check_catches_a_3_point_drop():
+    """Every guard of the ci calibration, made 3 points worse than its expected value, fails the check and is
+    named; the expected values themselves pass, and a rise of an accuracy (fall of an error) passes."""
+    expected = load_expected(CI_EXPECTED)
+    metrics, drop = expected["metrics"], expected["drop_points"]
+    guards = {(f, k) for f, leaves in metrics.items() for k, s in leaves.items() if s["guard"]}
+    assert guards, "no ci metric guards against a 3-point drop"
+    exact = {f: {k: s["expected"] for k, s in leaves.items()} for f, leaves in metrics.items()}
+    assert compare(exact, metrics) == []
+    current = copy.deepcopy(exact)
+    for file, leaves in dropped(metrics, drop).items():
+        current[file].update(leaves)
+    problems = compare(current, metrics)
+    named = {tuple(p.split(" = ", 1)[0].split(":", 1)) for p in problems}
+    assert named == guards, sorted(guards ^ named)[:10]
+    better = copy.deepcopy(exact)
+    for file, leaves in dropped(metrics, -drop, only_guards=False).items():
+        better[file].update(leaves)
+    assert compare(better, metrics) == []
+
+
+def test_ci_baseline_accuracy_is_a_guard():
+    """The baseline's test accuracy (the ci run's headline; its training was bit-identical across the ISAs
+    measured) is a regression guard: its seed/ISA spread leaves a 3-point drop outside the tolerance. The other
+    ci accuracies may not be (see the file's header); the full run's are checked by full_metrics.yaml."""
+    metrics = load_expected(CI_EXPECTED)["metrics"]["reports/metrics/fashion_mnist/baseline.json"]
+    for key in ("test.top1", "test.top5"):
+        assert metrics[key]["guard"], (key, metrics[key])
+
+
+def test_calibration_tolerances_cover_the_measured_spread():
+    """ci_metrics.yaml is what its rule says: tolerance = max(floor, k·sd), every measured deviation (over
+    seeds and ISAs) inside it, guard exactly when the tolerance is below the drop; n and spread recorded."""
+    expected = load_expected(CI_EXPECTED)
+    k, floor, drop = expected["k"], expected["floor_points"], expected["drop_points"]
+    assert {r["isa"] for r in expected["runs"]} >= {"native", "avx2"} and len({r["seed"] for r in expected["runs"]}) >= 3
+    for file, leaves in expected["metrics"].items():
+        for key, s in leaves.items():
+            unit = points_per_unit(key)
+            assert s["n"] >= 2 and s["sd"] is not None, (file, key, s)
+            assert s["tolerance"] == pytest.approx(max(floor / unit, k * s["sd"]), abs=1e-3), (file, key, s)
+            assert s["max_dev"] <= s["tolerance"], (file, key, s)
+            assert s["guard"] == (s["tolerance"] < drop / unit), (file, key, s)
+            assert s["check"] == ("lower" if is_error(key) else "higher"), (file, key, s)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("pipeline")
+def test_broken_training_fails_the_regression(ci_run, tmp_path):
+    """A training that cannot learn (train.lr=1e-7, the rest of the ci recipe) run by the train-baseline
+    stage on the fixture's data fails the check on its accuracies."""
+    repo = ci_run["repo"]
+    params = tmp_path / "params.yaml"
+    composed = run(["python", "-m", "stages.compose", "experiment=ci", "hardware.threads=1", "train.lr=1e-7",
+                    "--out", str(params)], repo)
+    assert composed.returncode == 0, composed.stderr
+    metrics = tmp_path / "reports" / "metrics" / "fashion_mnist" / "baseline.json"
+    trained = run(["python", "-m", "stages.train_baseline", "--dataset", "fashion_mnist", "--data", "data/raw/fashion_mnist",
+                   "--out", str(tmp_path / "baseline.pt"), "--metrics", str(metrics), "--resume-dir", str(tmp_path / "resume"),
+                   "--params", str(params)], repo)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    file = "reports/metrics/fashion_mnist/baseline.json"
+    expected = {file: load_expected(CI_EXPECTED)["metrics"][file]}
+    problems = compare(collect_metrics(tmp_path / "reports"), expected)
+    assert any(p.startswith(f"{file}:test.top1 = ") for p in problems), problems
+    assert yaml.safe_load(params.read_text())["train"]["lr"] == 1e-7
+    print("\n".join(problems))
 
 
 def test_committed_full_run_metrics_did_not_drop():
-    """The committed reports/metrics (from `make repro`) against their recorded values: an accuracy lower or an
-    error rate higher beyond tolerance fails."""
-    current = collect_metrics(ROOT / "reports")
-    if os.environ.get("CNNVIS_UPDATE_EXPECTED"):
-        write_expected(FULL_EXPECTED, current, FULL_TOLERANCE, "accuracies and error rates (%) of the committed full `make repro`")
-        pytest.skip(f"wrote {FULL_EXPECTED}")
+    """The committed reports/metrics (from `make repro`) against full_metrics.yaml: an accuracy lower or an
+    error rate higher than its tolerance allows fails, naming the metric."""
     if not FULL_EXPECTED.exists():
-        pytest.fail(f"{FULL_EXPECTED} missing: record it after a full run with CNNVIS_UPDATE_EXPECTED=1")
+        pytest.fail(f"{FULL_EXPECTED} missing: record it after a full run with `python -m tests.calibrate --full-only`")
     expected = load_expected(FULL_EXPECTED)
-    problems = compare(current, expected["metrics"], expected["tolerance_points"], worse_only=True)
+    problems = compare(collect_metrics(ROOT / "reports"), expected["metrics"])
     assert not problems, "committed results got worse:\n" + "\n".join(problems)
+
+
+def test_full_tolerances_cover_the_measured_full_run_on_another_isa():
+    """Where the calibration ran the full DAG under an emulated ISA (``full_runs``), every metric moved for the
+    worse by less than its derived tolerance: the derivation is checked against a measurement."""
+    expected = load_expected(FULL_EXPECTED)
+    if not expected.get("full_runs"):
+        pytest.skip("no full run under another ISA recorded (tests.calibrate --full-isa)")
+    measured = [(f, k, s) for f, leaves in expected["metrics"].items() for k, s in leaves.items() if "isa_dev" in s]
+    assert measured
+    outside = [f"{f}:{k} worse by {s['isa_dev']} > {s['tolerance']}" for f, k, s in measured if s["isa_dev"] > s["tolerance"]]
+    assert not outside, outside
+
+
+def test_full_check_catches_a_3_point_drop():
+    """Every guard of full_metrics.yaml, 3 points worse than its committed value, fails and is named."""
+    expected = load_expected(FULL_EXPECTED)
+    metrics = expected["metrics"]
+    guards = {(f, k) for f, leaves in metrics.items() for k, s in leaves.items() if s["guard"]}
+    assert guards
+    current = {f: {k: s["expected"] for k, s in leaves.items()} for f, leaves in metrics.items()}
+    for file, leaves in dropped(metrics, expected["drop_points"]).items():
+        current[file].update(leaves)
+    named = {tuple(p.split(" = ", 1)[0].split(":", 1)) for p in compare(current, metrics)}
+    assert named == guards, sorted(guards ^ named)[:10]
 
 
 PAPER_TOLERANCE = 2.0  # accuracy points a committed result may sit below the paper's on the same dataset
@@ -128,7 +250,7 @@ def test_regression_check_names_the_metric_that_got_worse():
 
     doc = {"test": {"top1": 91.0, "loss": 0.3}, "history": [{"val_top1": 1.0}],
            "rows": [{"perturbation": "blur3", "model": "baseline", "top1": 88.0}],
-           "pruned": {"error_masked": 10.0, "size": 3}, "sweep": {"mean_error_over_fractions": 16.0},
+           "pruned": {"error_masked": 10.0, "size": 3}, "sweep": {"mean_error_over_fractions": 16.0, "error_std": 2.0},
            "gradient_check": {"max_rel_error": 1e-9}}
     leaves = metric_leaves(doc)
     assert leaves == {"test.top1": 91.0, "rows[perturbation=blur3,model=baseline].top1": 88.0,
@@ -136,9 +258,16 @@ def test_regression_check_names_the_metric_that_got_worse():
     expected = {"m.json": {"test.top1": 92.0, "rows[perturbation=blur3,model=baseline].top1": 88.2,
                            "pruned.error_masked": 9.0, "sweep.mean_error_over_fractions": 16.3}}
     problems = compare({"m.json": leaves}, expected, 0.5, worse_only=True)
-    assert problems == ["m.json:test.top1 = 91.000, expected 92.000 ± 0.5 points",
-                        "m.json:pruned.error_masked = 10.000, expected 9.000 ± 0.5 points"]
+    assert problems == ["m.json:test.top1 = 91.000, expected 92.000 (may fall 0.500)",
+                        "m.json:pruned.error_masked = 10.000, expected 9.000 (may rise 0.500)"]
     better = {**leaves, "test.top1": 99.0, "pruned.error_masked": 1.0}  # accuracy up, error down: fine
     assert compare({"m.json": better}, expected, 0.5, worse_only=True) == []
     assert compare({}, expected, 0.5)[:2] == ["m.json:test.top1 missing (expected 92.0)",
                                               "m.json:rows[perturbation=blur3,model=baseline].top1 missing (expected 88.2)"]
+    calibrated = {"m.json": {"test.top1": {"expected": 92.0, "tolerance": 0.8, "check": "higher", "n": 6, "sd": 0.2},
+                             "pruned.error_masked": {"expected": 9.0, "tolerance": 1.5, "check": "lower", "n": 6, "sd": 0.375},
+                             "rows[perturbation=blur3,model=baseline].top1": {"expected": 88.2, "tolerance": 0.1,
+                                                                               "check": "both", "n": 6, "sd": 0.0}}}
+    assert compare({"m.json": leaves}, calibrated) == [
+        "m.json:test.top1 = 91.000, expected 92.000 (may fall 0.800; calibration n=6, sd=0.2)",
+        "m.json:rows[perturbation=blur3,model=baseline].top1 = 88.000, expected 88.200 (± 0.100; calibration n=6, sd=0.0)"]

@@ -271,3 +271,146 @@ def test_regression_check_names_the_metric_that_got_worse():
     assert compare({"m.json": leaves}, calibrated) == [
         "m.json:test.top1 = 91.000, expected 92.000 (may fall 0.800; calibration n=6, sd=0.2)",
         "m.json:rows[perturbation=blur3,model=baseline].top1 = 88.000, expected 88.200 (± 0.100; calibration n=6, sd=0.0)"]
+
+
+def _declared_outs(repo, kind: str) -> list[tuple[str, str]]:
+    """(stage name, path) of every ``kind`` (``metrics`` or ``plots``) out of ``repo``'s dvc.yaml, as DVC resolves
+    its foreach/matrix stages and interpolation: what `dvc metrics`/`dvc plots` read, not a list kept by hand."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc:
+        return [(s.name, o.def_path) for s in dvc.index.stages for o in s.outs if (o.metric if kind == "metrics" else o.plot)]
+
+
+# Stages forced to run again on identical inputs: the cheapest ones with metrics (seconds in the ci run)
+RERUN_STAGES = ("similarity@fashion_mnist", "perturbation-eval@fashion_mnist")
+
+
+def _first_scalar(doc, prefix: str = ""):
+    """(dotted key, value) of the first number in ``doc`` outside lists (DVC compares a list as one string)."""
+    for k, v in doc.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return f"{prefix}{k}", v
+        if isinstance(v, dict) and (found := _first_scalar(v, f"{prefix}{k}.")):
+            return found
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("pipeline")
+def test_forced_rerun_leaves_dvc_metrics_diff_empty(ci_run, tmp_path):
+    """Results are a function of code, params and data: the ci run committed to git, then its similarity and
+    perturbation stages forced to run again (`dvc repro -f -s`) on the same inputs, `dvc metrics diff --json`
+    against HEAD is empty, while `--all` lists every metrics file dvc.yaml declares, unchanged (so HEAD's metrics
+    did load, not two empty sides). The check can fail: one number edited in a metrics file is reported, with its
+    old and new value. Run on a copy of the fixture's repository (its git, DVC cache and data), which the later
+    tests never see."""
+    import json
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(ci_run["repo"], repo, symlinks=True)
+    git = ["git", "-c", "user.name=cnnvis-test", "-c", "user.email=test@localhost"]
+    assert run(git + ["add", "-A"], repo).returncode == 0
+    committed = run(git + ["commit", "-q", "-m", "ci run"], repo)
+    assert committed.returncode == 0, committed.stdout + committed.stderr
+
+    stages = [s for s, _ in _declared_outs(repo, "metrics")]
+    for prefix in RERUN_STAGES:  # a per-seed stage (matrix) is named <prefix>-<seed>: the first of them
+        stage = next((s for s in stages if s == prefix or s.startswith(prefix + "-")), None)
+        assert stage, f"no metrics stage {prefix} in {sorted(set(stages))}"
+        rerun = run(["dvc", "repro", "-f", "-s", stage], repo)
+        assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+        assert f"Running stage '{stage}'" in rerun.stdout, rerun.stdout
+
+    def metrics_diff(*extra):
+        out = run(["dvc", "metrics", "diff", "--json", *extra], repo)
+        assert out.returncode == 0 and "failed to load" not in out.stderr, out.stderr
+        return json.loads(out.stdout or "{}")
+
+    diff = metrics_diff()
+    changed = {f: d for f, d in diff.items() if d}
+    assert not changed, f"metrics changed by an identical rerun: {json.dumps(changed, indent=1)[:3000]}"
+    everything = metrics_diff("--all")
+    declared = {path for _, path in _declared_outs(repo, "metrics")}
+    assert declared and declared <= set(everything), sorted(declared - set(everything))
+    moved = {f"{f}:{k}": v for f, d in everything.items() for k, v in d.items() if v.get("old") != v.get("new")}
+    assert not moved, moved
+
+    file = f"reports/metrics/{RERUN_STAGES[0].split('@')[1]}/similarity.json"
+    doc = json.loads((repo / file).read_text())
+    key, value = _first_scalar(doc)
+    node = doc
+    for part in key.split(".")[:-1]:
+        node = node[part]
+    node[key.split(".")[-1]] = value + 1
+    (repo / file).write_text(json.dumps(doc, indent=2))
+    diff = metrics_diff()
+    assert set(diff) == {file} and set(diff[file]) == {key}, diff
+    assert diff[file][key]["old"] == value and diff[file][key]["new"] == value + 1, diff[file][key]
+    print(f"{len(declared)} metrics files unchanged after rerunning {RERUN_STAGES}; edited {file}:{key} reported")
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("pipeline")
+def test_dvc_plots_show_renders_every_declared_plot(ci_run, tmp_path):
+    """Every `plots:` out of dvc.yaml (figure directories, DVCLive curve directories) as the ci run wrote it is
+    rendered by DVC: `dvc plots show --json` has no errors, names every PNG of a declared directory as an image
+    whose file has the PNG's bytes and every DVCLive .tsv as a Vega-Lite plot with all its rows, and lists
+    nothing outside the declared outs; the HTML of `dvc plots show -o` shows every PNG (an <img> whose file has
+    its bytes) and every curve. A figure a stage writes but DVC cannot show would be missed by a reader of
+    `dvc plots show`/`dvc plots diff` and of the DVC VS Code extension."""
+    import hashlib
+    import json
+    import re
+    from pathlib import Path
+
+    repo = ci_run["repo"]
+    declared = _declared_outs(repo, "plots")
+    assert declared, "dvc.yaml declares no plots"
+
+    def sha(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    images, curves = {}, {}  # repo-relative path -> sha256 / data rows
+    for stage, out in declared:
+        files = sorted(f for f in (repo / out).rglob("*") if f.is_file()) if (repo / out).is_dir() else [repo / out]
+        shown = [f for f in files if f.suffix in (".png", ".tsv")]
+        assert shown, f"{stage}: plots out {out} has no PNG or .tsv: {[f.name for f in files]}"
+        for f in shown:
+            rel = f.relative_to(repo).as_posix()
+            if f.suffix == ".png":
+                images[rel] = sha(f)
+            else:
+                curves[rel] = len(f.read_text().splitlines()) - 1
+    assert images and curves, (sorted(images)[:3], sorted(curves)[:3])
+
+    shown = run(["dvc", "plots", "show", "--json", "-o", str(tmp_path / "json")], repo)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    doc = json.loads(shown.stdout)
+    assert not doc.get("errors"), doc["errors"][:5]
+    data = doc["data"]
+    outs = [out for _, out in declared]
+    stray = [p for p in data if not any(p == o or p.startswith(o.rstrip("/") + "/") for o in outs)]
+    assert not stray, stray
+    for rel, digest in images.items():
+        entries = data.get(rel) or []
+        assert [e["type"] for e in entries] == ["image"], (rel, entries)
+        assert sha(Path(entries[0]["url"])) == digest, rel
+    for rel, rows in curves.items():
+        entries = data.get(rel) or []
+        assert [e["type"] for e in entries] == ["vega"], (rel, entries)
+        values = entries[0]["content"]["data"]["values"]
+        assert rows > 0 and len(values) == rows, (rel, rows, len(values))
+
+    html_dir = tmp_path / "html"
+    page = run(["dvc", "plots", "show", "-o", str(html_dir)], repo)
+    assert page.returncode == 0, page.stderr[-3000:]
+    html = (html_dir / "index.html").read_text()
+    srcs = {src: sha(html_dir / src) for src in re.findall(r'<img src="([^"]+)"', html) if (html_dir / src).is_file()}
+    missing = [rel for rel, digest in images.items()
+               if not any(d == digest and s.endswith(Path(rel).name) for s, d in srcs.items())]
+    assert not missing, f"PNGs not shown by index.html: {missing}"
+    unshown = [rel for rel in curves if f'"{rel}"' not in html]  # a Vega-Lite spec titled by its file
+    assert not unshown, f"curves not shown by index.html: {unshown}"
+    print(f"{len(declared)} plots outs: {len(images)} PNGs and {len(curves)} curves rendered")

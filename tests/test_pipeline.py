@@ -337,7 +337,7 @@ def test_forced_rerun_leaves_dvc_metrics_diff_empty(ci_run, tmp_path):
     moved = {f"{f}:{k}": v for f, d in everything.items() for k, v in d.items() if v.get("old") != v.get("new")}
     assert not moved, moved
 
-    file = f"reports/metrics/{RERUN_STAGES[0].split('@')[1]}/similarity.json"
+    file = next(path for s, path in _declared_outs(repo, "metrics") if s == RERUN_STAGES[0])
     doc = json.loads((repo / file).read_text())
     key, value = _first_scalar(doc)
     node = doc

@@ -118,7 +118,6 @@ class AdjustConfig:
     probe_images: int | None = opt(40, ge=1)
     deconv_mode: str = opt("all", choices=("all", "max"))  # signal of each projected map (as visualize)
     deconv_rectify: bool = opt(True)  # project relu(A_k), as Zeiler & Fergus
-    seeds: int = opt(1, ge=1)  # retrain: seeds per model (Table I mean ± std)
     # the ablation re-judges the search's trainings and measurements with one setting changed per row
     ablation_bands: tuple[tuple[float, ...], ...] = opt(((0.10, 0.25), (0.20, 0.40)))  # [lower, upper] pairs
     ablation_max_widths: tuple[int, ...] = opt((96,), ge=1)

@@ -389,18 +389,39 @@ def table_cells(t: Table, decimals: int) -> tuple[list[str], list[list[str]]]:
 FAITHFULNESS_SHOWN = (("deletion", "black"), ("insertion", "blur"))  # the pairs the findings list name
 
 
+ACROSS_SEEDS = {  # the seeds stage's comparisons, as a sentence names them
+    "adjusted_vs_control": "pHash-adjusted widths vs uniform-width control, test top-1",
+    "adjusted_vs_control_welch": "pHash-adjusted widths vs uniform-width control, test top-1 (unpaired)",
+    "adjusted_vs_baseline": "pHash-adjusted widths vs the baseline, test top-1",
+    "encdec_vs_resnet18": "encoder-decoder vs its ResNet-18 trunk as a classifier, test top-1",
+    "importance_vs_l1_norm": "filter pruning by gradient importance vs by L1 norm, error averaged over the fractions",
+    "importance_vs_random": "filter pruning by gradient importance vs random, error averaged over the fractions",
+    "l1_norm_vs_random": "filter pruning by L1 norm vs random, error averaged over the fractions",
+}
+
+
 def findings(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """One sentence per comparison a stage tested, each the test's own verdict (n, effect, test, p): adjusted vs
-    control (retrain), the pruning rankings (prune-by-importance), each attribution method against random maps
-    (visualize). Nothing is said of a comparison no stage tested."""
+    """One sentence per comparison a stage tested, each the test's own verdict (n, effect, test, p): across seeds
+    (the seeds stage: adjusted vs control and vs the baseline, encoder-decoder vs ResNet-18, the pruning rankings)
+    with how often each seed's own test (McNemar, paired bootstrap) was significant; each attribution method
+    against random maps (visualize). Nothing is said of a comparison no stage tested."""
     out = []
     for ds, files in metrics.items():
-        adjusted = files.get("adjusted.json") or {}
-        for name, test in (adjusted.get("adjusted_vs_control") or {}).items():
-            out.append(f"{ds}, pHash-adjusted widths vs uniform-width control ({name}): {test['verdict']}.")
-        sweep = (files.get("prune.json") or {}).get("sweep") or {}
-        for test in (sweep.get("tests") or {}).values():
-            out.append(f"{ds}, filter pruning, error averaged over the sweep's fractions: {test['verdict']}.")
+        seeds = files.get("seeds.json") or {}
+        for name, test in (seeds.get("tests") or {}).items():
+            out.append(f"{ds}, {ACROSS_SEEDS.get(name, name)}, across {seeds['n']} seeds: {test['verdict']}.")
+        for name, entries in (seeds.get("per_seed_tests") or {}).items():
+            hits = sum(e["p_value"] < 0.05 for e in entries)
+            out.append(f"{ds}, {name}, each seed's own {entries[0]['test']} test (n={entries[0]['n']} per seed): "
+                       f"p < 0.05 in {hits} of {len(entries)} seeds "
+                       "(p = " + ", ".join(f"{e['p_value']:.2g}" for e in entries) + ").")
+        if not seeds:  # a run outside the seeds stage: the one seed's own tests
+            adjusted = files.get("adjusted.json") or {}
+            for name, test in (adjusted.get("adjusted_vs_control") or {}).items():
+                out.append(f"{ds}, pHash-adjusted widths vs uniform-width control ({name}): {test['verdict']}.")
+            sweep = (files.get("prune.json") or {}).get("sweep") or {}
+            for test in (sweep.get("tests") or {}).values():
+                out.append(f"{ds}, filter pruning, error averaged over the sweep's fractions: {test['verdict']}.")
         faith = (files.get("visualize.json") or {}).get("faithfulness") or {}
         methods = faith.get("methods") or {}
         for method, entry in methods.items():

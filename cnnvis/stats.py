@@ -18,7 +18,7 @@ class Comparison:
 
     a: str
     b: str
-    test: str  # "McNemar exact" | "Welch t"
+    test: str  # "McNemar exact" | "Welch t" | "paired t" | "paired bootstrap"
     n: int  # images (McNemar) or seeds per group (Welch: the smaller group)
     difference: float  # A − B in accuracy points
     p_value: float
@@ -57,6 +57,35 @@ def welch(values_a: list[float], values_b: list[float], names: tuple[str, str] =
     return Comparison(*names, "Welch t", min(len(values_a), len(values_b)), float(np.mean(values_a) - np.mean(values_b)),
                       float(r.pvalue), f"sd {sd[0]:.2f} vs {sd[1]:.2f} over {len(values_a)} / {len(values_b)} seeds",
                       alpha)
+
+
+def paired_t(values_a: list[float], values_b: list[float], names: tuple[str, str] = ("A", "B"), *,
+             alpha: float = 0.05) -> Comparison | None:
+    """Paired t-test across seeds (``values_*[i]``: seed i of each, the same seeds: the same data split,
+    subsets and baseline), accuracies in points; None below 2 pairs or with equal pairs throughout."""
+    from scipy.stats import ttest_rel
+
+    a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
+    if a.shape != b.shape or a.size < 2:
+        return None
+    d = a - b
+    flat = bool(np.ptp(d) == 0)  # every pair differs by the same amount: no spread, the t statistic is undefined
+    p = 1.0 if flat else float(ttest_rel(a, b).pvalue)  # reported as no evidence, never as p = 0
+    return Comparison(*names, "paired t", int(a.size), float(d.mean()), p,
+                      f"per-seed differences {', '.join(f'{v:+.2f}' for v in d)}"
+                      + ("; no spread across the pairs: not testable" if flat else ""), alpha)
+
+
+def summarize(frame: Any, by: list[str], value: str, confidence: float = 0.95) -> Any:
+    """Per group of ``frame`` (pandas): n, mean, sample sd (n−1) and the two-sided ``confidence`` t interval of
+    the mean of ``value``; sd and interval are NaN for a group of one."""
+    from scipy.stats import t
+
+    g = frame.groupby(by, sort=False)[value]
+    out = g.agg(n="count", mean="mean", sd=lambda v: v.std(ddof=1)).reset_index()
+    half = t.ppf((1 + confidence) / 2, out["n"] - 1) * out["sd"] / np.sqrt(out["n"])
+    out["ci_low"], out["ci_high"] = out["mean"] - half, out["mean"] + half
+    return out
 
 
 def verdict(c: Comparison) -> str:

@@ -87,6 +87,7 @@ class Stage:
     outputs: Mapping[str, Output] = field(default_factory=dict)
     scratch: Mapping[str, Path] = field(default_factory=dict)  # paths DVC does not track (resume state, downloads)
     per_dataset: bool = True
+    seeded: tuple[str, ...] = ()  # dotted params keys that ``--seed`` sets (one run of the pipeline's seed list)
 
     @staticmethod
     def flag(name: str) -> str:
@@ -115,6 +116,9 @@ class Stage:
         if skippable:
             p.add_argument("--skip-missing", action="store_true",
                            help=f"leave out {', '.join(skippable)} where the file does not exist (runs outside DVC)")
+        if self.seeded:
+            p.add_argument("--seed", type=int, default=None,
+                           help=f"the run's seed: sets {', '.join(self.seeded)} (default: as in the params file)")
         p.add_argument("--params", type=Path, default=Path("params.yaml"),
                        help="params file composed from conf/ (default: params.yaml)")
         return p
@@ -257,6 +261,8 @@ def execute(stage: Stage, args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     dataset = getattr(args, "dataset", None)
     params = load_params(args.params, {**stage.params, **EXECUTION_SECTIONS}, dataset)
+    if getattr(args, "seed", None) is not None:
+        params = with_seed(params, stage.seeded, args.seed)
     outputs = stage.all_outputs
     targets = {name: getattr(args, name) for name in outputs if getattr(args, name) is not None}
     created: list[Path] = []
@@ -336,6 +342,22 @@ def load_params(path: Path, sections: Mapping[str, type | None], dataset: str | 
                 raise ConfigError(f"{key}: missing from {path}; regenerate it with `python -m stages.compose`")
             node = node[part]
         out[key] = parse(schema, node, key) if schema is not None else node
+    return out
+
+
+def with_seed(params: dict[str, Any], keys: tuple[str, ...], seed: int) -> dict[str, Any]:
+    """``params`` with every dotted ``key`` (``train.seed``, ``encdec.train.seed``) set to ``seed``, re-validated."""
+    from cnnvis.config import to_dict
+
+    out = dict(params)
+    for key in keys:
+        section, *path = key.split(".")
+        schema = type(out[section])
+        doc = node = to_dict(out[section])
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = seed
+        out[section] = parse(schema, doc, section)
     return out
 
 

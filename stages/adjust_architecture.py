@@ -1,12 +1,11 @@
 """Stage `adjust-architecture`: paper 1's rule turns each conv layer's redundancy into a new width.
 
     python -m stages.adjust_architecture --dataset fashion_mnist --data data/raw/fashion_mnist \
-        --baseline data/models/fashion_mnist/baseline.pt \
-        --baseline-metrics reports/metrics/fashion_mnist/baseline.json \
-        --similarity reports/metrics/fashion_mnist/similarity.json \
+        --baseline data/models/fashion_mnist/seeds/0/baseline.pt \
+        --baseline-metrics reports/metrics/fashion_mnist/seeds/0/baseline.json \
         --recon data/visualize/fashion_mnist/reconstructions.npz \
-        --out data/models/fashion_mnist/adjusted.yaml --metrics reports/metrics/fashion_mnist/adjust.json \
-        --ablation reports/tables/fashion_mnist/adjust_ablation.md
+        --out data/models/fashion_mnist/seeds/0/adjusted.yaml --metrics reports/metrics/fashion_mnist/seeds/0/adjust.json \
+        --ablation reports/tables/fashion_mnist/seeds/0/adjust_ablation.md
 
 Growth candidates are trained briefly (``adjust.search_epochs`` on
 ``adjust.search_train_images``); the baseline and every candidate are measured
@@ -29,7 +28,7 @@ from stages._runner import Context, Input, Output, Stage
 
 def run(ctx: Context) -> dict:
     model, state = ctx.inputs["baseline"]
-    study = adjust_study(ctx.inputs["data"], model, state, ctx.inputs["baseline_metrics"], ctx.inputs["similarity"],
+    study = adjust_study(ctx.inputs["data"], model, state, ctx.inputs["baseline_metrics"], ctx.inputs.get("similarity"),
                          ctx.inputs["recon"], ctx.section("similarity"), ctx.section("adjust"), ctx.hardware)
     return {"out": study.adjusted_text(ctx.dataset), "metrics": study.log(ctx.dataset),
             "ablation": study.ablation_markdown(ctx.dataset)}
@@ -42,7 +41,8 @@ STAGE = Stage(
             "baseline": Input(load_checkpoint, "the trained baseline checkpoint", made_by="train-baseline"),
             "baseline_metrics": Input(load_json, "baseline.json (its learning curve)", made_by="train-baseline"),
             "similarity": Input(lambda p: [redundancy_from_dict(layer) for layer in load_json(p)["layers"]],
-                                "similarity.json: the baseline's redundancy per conv layer", made_by="similarity"),
+                                "similarity.json of the same baseline, reported beside the stage's own measurement",
+                                required=False, made_by="similarity"),
             "recon": Input(load_probes, "reconstructions.npz (its probe images)", made_by="visualize")},
     outputs={"out": Output(save_text, help="adjusted architecture (YAML)"),
              "metrics": Output(save_json, help="decision log (JSON)"),

@@ -5,7 +5,8 @@
 
 Reads every job directory under the sweep (those with a `sweep.json`, written
 by `stages.sweep`): its `params.yaml`, its overrides and its
-`reports/metrics/<dataset>/*.json`. Writes into the sweep directory:
+`reports/metrics/<dataset>/*.json` and, of the per-seed stages,
+`reports/metrics/<dataset>/seeds/<seed>/*.json`. Writes into the sweep directory:
 
 - `jobs.csv`: one row per job × dataset × metrics file, every scalar metric, and
   the job's torch threads (0: all cores);
@@ -57,10 +58,15 @@ def job_rows(job_dir: Path, record: dict[str, Any], sweep_root: Path,
             "setting": setting or "—", "status": record.get("status", "?"),
             "threads": record.get("threads", hardware.get("threads", ""))}
     rows = []
-    for f in sorted((job_dir / "reports" / "metrics").glob("*/*.json")):
+    metrics = job_dir / "reports" / "metrics"
+    # <dataset>/<stage>.json, and the per-seed stages' <dataset>/seeds/<seed>/<stage>.json (seed: the folder)
+    for f in sorted([*metrics.glob("*/*.json"), *metrics.glob("*/seeds/*/*.json")]):
+        if f.name == "seeds.json":
+            continue  # the job's own aggregate over its seeds: its seed rows are here already
         doc = json.loads(f.read_text())
-        row = {**base, "dataset": f.parent.name, "stage": f.stem,
-               "seed": doc.get("seed", (params.get("train") or {}).get("seed"))}
+        per_seed = f.parent.parent.name == "seeds"
+        row = {**base, "dataset": f.parents[2].name if per_seed else f.parent.name, "stage": f.stem,
+               "seed": int(f.parent.name) if per_seed else doc.get("seed", (params.get("train") or {}).get("seed"))}
         for k, v in R.flatten_scalars(doc):
             if k not in NOT_RESULTS and isinstance(v, (int, float)) and not isinstance(v, bool):
                 row[k] = v

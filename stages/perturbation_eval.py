@@ -2,7 +2,7 @@ r"""Stage `perturbation-eval`: paper 4's section 5.3 on every trained model of a
 
     python -m stages.perturbation_eval --dataset fashion_mnist --data data/raw/fashion_mnist \
         --reference reports/paper_reference.yaml \
-        --baseline data/models/fashion_mnist/baseline.pt --encdec data/models/fashion_mnist/encdec.pt \
+        --baseline data/models/fashion_mnist/seeds/0/baseline.pt --encdec data/models/fashion_mnist/seeds/0/encdec.pt \
         --metrics reports/metrics/fashion_mnist/perturbation.json \
         --table reports/tables/fashion_mnist/perturbation.md --figures reports/figures/fashion_mnist/perturbation
 

@@ -1,10 +1,10 @@
 """Stage `prune-by-importance`: filter importance, its validation, and pruning (paper 3 §3.2).
 
-    python -m stages.prune_by_importance --dataset fashion_mnist \
-        --checkpoint data/models/fashion_mnist/adjusted.pt --data data/raw/fashion_mnist \
+    python -m stages.prune_by_importance --dataset fashion_mnist --seed 0 \
+        --checkpoint data/models/fashion_mnist/seeds/0/adjusted.pt --data data/raw/fashion_mnist \
         --reference reports/paper_reference.yaml \
-        --out data/models/fashion_mnist/pruned.pt --metrics reports/metrics/fashion_mnist/prune.json \
-        --table reports/tables/fashion_mnist/pruning_per_class.md --figures reports/figures/fashion_mnist/prune
+        --out data/models/fashion_mnist/seeds/0/pruned.pt --metrics reports/metrics/fashion_mnist/seeds/0/prune.json \
+        --table reports/tables/fashion_mnist/seeds/0/pruning_per_class.md --figures reports/figures/fashion_mnist/seeds/0/prune
 
 Filters are ranked on one set of images and scored on the test split (each a
 seeded subset of at most ``prune.max_images`` images). ``prune.rank_split``:
@@ -62,6 +62,7 @@ STAGE = Stage(
     outputs={"out": Output(lambda p, c: c.save(p), help="the pruned checkpoint"), "metrics": Output(save_json),
              "table": Output(save_text, help="paper 3's per-class table (Markdown)"),
              "figures": Output(save_figures, directory=True, help="directory of this stage's figures")},
+    seeded=("prune.seed",),  # the model is the seed's (its checkpoint); the subsets and random rankings follow it
 )
 main = STAGE.main
 

@@ -1,9 +1,9 @@
 """Hydra sweep entry point: dvc.yaml's stage commands, once per job, in the job's own directory.
 
-    python -m stages.sweep -m 'dataset=[fashion_mnist],[digits]' hardware=cpu train.seed=0,1,2
-    python -m stages.sweep -m 'dataset=[digits]' train.seed=0,1 +launcher=joblib
-    python -m stages.sweep -m 'dataset=[digits]' train.seed=0,1 +launcher=submitit_local
-    python -m stages.sweep -m 'dataset=[cifar10]' hardware=cuda train.seed=0,1,2 +launcher=slurm
+    python -m stages.sweep -m 'dataset=[fashion_mnist],[digits]' hardware=cpu 'seeds.list=[0,1,2]'
+    python -m stages.sweep -m 'dataset=[digits]' 'seeds.list=[0],[1]' +launcher=joblib
+    python -m stages.sweep -m 'dataset=[digits]' 'seeds.list=[0],[1]' +launcher=submitit_local
+    python -m stages.sweep -m 'dataset=[cifar10]' hardware=cuda 'seeds.list=[0],[1],[2]' +launcher=slurm
     python -m stages.collect multirun/<date>/<time>
 
 `dataset` is a multi-select group, so one job's value is a list: sweep over lists
@@ -13,7 +13,7 @@ overrides, writes that composition as `params.yaml` into its own output director
 dvc.yaml in dependency order, each command as `dvc repro` runs it: in a shell, in
 that directory, with this interpreter first on PATH. The workspace, dvc.lock and
 the DVC cache are never touched. `+sweep.stages=[train-baseline]` limits the chain
-(the stages it needs are added); the default is every `foreach` stage (the
+(the stages it needs are added); the default is every `foreach` and `matrix` stage (the
 `report` stage is one page for the workspace and is not run per job). Each job
 writes `sweep.json` (overrides, threads, pid, attempt, per stage: command,
 status and seconds), rewritten after every stage, for `stages.collect`.
@@ -23,9 +23,10 @@ that returns resolved stages (`dvc.api` reads data, params and experiments; the
 resolver `dvc.parsing.DataResolver` and `Repo.index` are internal), and pinning
 DVC to the minor releases whose internals match would hold back every DVC fix
 for one helper. The resolver covers the templating dvc.yaml uses — `foreach` over
-a mapping with `${key}` / `${item...}`, and `${<params.yaml key>}` — and refuses
-anything else (`vars`, `matrix`, `wdir`, a list `foreach`, an expression) with one
-line. tests/test_sweep.py compares it with DVC's own resolution of dvc.yaml
+a mapping with `${key}` / `${item...}`, `matrix` (axes of plain values, or a
+mapping's keys, as `${item.<axis>}`), and `${<params.yaml key>}` (a list indexed
+as `${seeds.list.0}`) — and refuses anything else (`vars`, `wdir`, a list
+`foreach`, an expression) with one line. tests/test_sweep.py compares it with DVC's own resolution of dvc.yaml
 (names, commands, deps, outs, params), so a divergence fails a test.
 
 Commands run as subprocesses, not in-process: a stage's resume key hashes the
@@ -53,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import graphlib
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -91,7 +93,7 @@ log = logging.getLogger("cnnvis.sweep")
 
 _TEMPLATE = re.compile(r"(\\)?\$\{([^{}]*)\}")
 _NAME = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)*")
-_STAGE_KEYS_REFUSED = ("matrix", "vars", "wdir")
+_STAGE_KEYS_REFUSED = ("vars", "wdir")
 
 
 def _lookup(expr: str, context: Mapping[str, Any], where: str) -> Any:
@@ -101,9 +103,12 @@ def _lookup(expr: str, context: Mapping[str, Any], where: str) -> Any:
                           "supports ${key}, ${item...} and ${<params.yaml key>} only")
     node: Any = context
     for part in name.split("."):
-        if not isinstance(node, Mapping) or part not in node:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]  # ${seeds.list.0}: DVC indexes a list by a dotted number
+        elif isinstance(node, Mapping) and part in node:
+            node = node[part]
+        else:
             raise ConfigError(f"dvc.yaml {where}: ${{{name}}} is not defined in params.yaml")
-        node = node[part]
     return node
 
 
@@ -148,6 +153,9 @@ def resolve_stages(dvc_yaml: Path, workdir: Path) -> dict[str, dict[str, Any]]:
     context = (yaml.safe_load(params_file.read_text()) or {}) if params_file.exists() else {}
     stages: dict[str, dict[str, Any]] = {}
     for name, spec in (doc.get("stages") or {}).items():
+        if "matrix" in spec:
+            stages.update(_matrix(name, spec, context))
+            continue
         body = spec.get("do", {}) if "foreach" in spec else spec
         refused = [k for k in _STAGE_KEYS_REFUSED if k in spec or k in body]
         if refused:
@@ -163,6 +171,27 @@ def resolve_stages(dvc_yaml: Path, workdir: Path) -> dict[str, dict[str, Any]]:
             local = {**context, "key": key, "item": item}
             stages[f"{name}@{key}"] = _interpolate(body, local, f"stage {name}@{key}")
     return stages
+
+
+def _matrix(name: str, spec: dict[str, Any], context: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A ``matrix`` stage expanded as DVC does: one stage per combination, ``${item.<axis>}`` its values, named
+    ``<stage>@<v1>-<v2>…`` (a mapping axis iterates over its keys, as ``${dataset}`` does)."""
+    body = {k: v for k, v in spec.items() if k != "matrix"}
+    axes = {}
+    for axis, values in spec["matrix"].items():
+        values = _interpolate(values, context, f"stage {name} matrix")
+        if isinstance(values, Mapping):
+            values = list(values)
+        if not isinstance(values, list) or any(isinstance(v, (Mapping, list)) for v in values):
+            raise ConfigError(f"dvc.yaml stage {name}: matrix axis {axis} must be a list of plain values or a "
+                              "mapping (its keys) for the sweep's resolver")
+        axes[axis] = values
+    out = {}
+    for combo in itertools.product(*axes.values()):
+        item = dict(zip(axes, combo, strict=True))
+        key = "-".join(_as_text(v, axis, name) for axis, v in item.items())
+        out[f"{name}@{key}"] = _interpolate(body, {**context, "item": item}, f"stage {name}@{key}")
+    return out
 
 
 def _paths(entries: Sequence[Any]) -> list[str]:

@@ -3,12 +3,12 @@
     python -m stages.table1 --rows reports/tables/table1_rows --reference reports/paper_reference.yaml \
         --table reports/tables/table1.md
 
-`retrain` runs once per dataset (foreach) and writes its own row
-(``reports/tables/table1_rows/<dataset>.json``); a foreach stage cannot write
-one file for all datasets, so this non-foreach stage joins the rows of the
-datasets selected in params.yaml (the paper's first, in its order) with the
-paper's numbers (``--reference``, table p1_table1). It depends on the rows
-directory, which DVC links to every retrain@<dataset> out inside it.
+`retrain` runs once per dataset and seed (matrix) and writes its own row
+(``reports/tables/table1_rows/<dataset>/<seed>.json``); a matrix stage cannot
+write one file for all of them, so this stage joins the rows of the datasets
+selected in params.yaml (the paper's first, in its order) over the seeds of
+``seeds.list`` with the paper's numbers (``--reference``, table p1_table1). It
+depends on the rows directory, which DVC links to every retrain out inside it.
 """
 
 from __future__ import annotations
@@ -24,18 +24,23 @@ from stages._runner import Context, Input, Output, Stage
 
 def run(ctx: Context) -> dict:
     t = table1(ctx.inputs["rows"], list(ctx.section("dataset") or {}), ctx.inputs["reference"],
-               source=str(ctx.path("reference")))
+               source=str(ctx.path("reference")), seeds=ctx.section("seeds")["list"])
     return {"table": table1_markdown(t)}
 
 
-def load_rows(directory: Path) -> dict[str, dict]:
-    return {f.stem: load_json(f) for f in sorted(directory.glob("*.json"))}
+def load_rows(directory: Path) -> dict[str, dict[int, dict]]:
+    """dataset → seed → row, from ``<dataset>/<seed>.json``."""
+    rows: dict[str, dict[int, dict]] = {}
+    for f in sorted(directory.glob("*/*.json")):
+        if f.stem.isdigit():
+            rows.setdefault(f.parent.name, {})[int(f.stem)] = load_json(f)
+    return rows
 
 
 STAGE = Stage(
     "table1", __doc__, run,
-    params={"dataset": None},
-    inputs={"rows": Input(load_rows, "directory of <dataset>.json rows", made_by="retrain"),
+    params={"dataset": None, "seeds": None},
+    inputs={"rows": Input(load_rows, "directory of <dataset>/<seed>.json rows", made_by="retrain"),
             "reference": Input(lambda p: yaml.safe_load(p.read_text()), "the papers' numbers (a committed file)")},
     outputs={"table": Output(save_text, help="the Markdown table to write")},
     per_dataset=False,

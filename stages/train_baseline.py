@@ -1,8 +1,8 @@
 """Stage `train-baseline`: train the configured model on one dataset.
 
-    python -m stages.train_baseline --dataset fashion_mnist --data data/raw/fashion_mnist \
-        --out data/models/fashion_mnist/baseline.pt --metrics reports/metrics/fashion_mnist/baseline.json \
-        --live reports/live/fashion_mnist/baseline
+    python -m stages.train_baseline --dataset fashion_mnist --seed 0 --data data/raw/fashion_mnist \
+        --out data/models/fashion_mnist/seeds/0/baseline.pt --metrics reports/metrics/fashion_mnist/seeds/0/baseline.json \
+        --live reports/live/fashion_mnist/seeds/0/baseline
 
 Resumable: after every epoch the full training state goes to ``--resume-dir``
 (scratch, keyed by a digest of the code, the data and the config); a killed run
@@ -35,7 +35,7 @@ STAGE = Stage(
     inputs={"data": Input(load_npz, "data/raw/<dataset> of the download stage", made_by="download")},
     outputs={"out": Output(lambda p, c: c.save(p), help="the checkpoint"), "metrics": Output(save_json),
              "live": Output(directory=True, required=False, help="DVCLive directory for the learning curves")},
-    scratch={"resume_dir": Path("data/resume")},
+    scratch={"resume_dir": Path("data/resume")}, seeded=("train.seed",),
 )
 main = STAGE.main
 

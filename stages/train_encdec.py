@@ -1,11 +1,11 @@
 r"""Stage `train-encdec`: paper 4's encoder-decoder, its maps during training, Table 1.
 
-    python -m stages.train_encdec --dataset fashion_mnist --data data/raw/fashion_mnist \
+    python -m stages.train_encdec --dataset fashion_mnist --seed 0 --data data/raw/fashion_mnist \
         --reference reports/paper_reference.yaml \
-        --out data/models/fashion_mnist/encdec.pt --metrics reports/metrics/fashion_mnist/encdec.json \
-        --snapshots data/arrays/fashion_mnist/encdec_snapshots.npz \
-        --table reports/tables/fashion_mnist/table1_encdec.md --figures reports/figures/fashion_mnist/encdec \
-        --live reports/live/fashion_mnist/encdec
+        --out data/models/fashion_mnist/seeds/0/encdec.pt --metrics reports/metrics/fashion_mnist/seeds/0/encdec.json \
+        --snapshots data/arrays/fashion_mnist/seeds/0/encdec_snapshots.npz \
+        --table reports/tables/fashion_mnist/seeds/0/table1_encdec.md --figures reports/figures/fashion_mnist/seeds/0/encdec \
+        --live reports/live/fashion_mnist/seeds/0/encdec
 
 Trains the encoder-decoder (section `encdec`, recipe `encdec.train`) while
 recording the class maps of fixed probe test images at `encdec.snapshot_epochs`
@@ -59,7 +59,7 @@ STAGE = Stage(
              "table": Output(save_text, help="Table 1 in Markdown"),
              "figures": Output(save_figures, directory=True, help="directory of this stage's figures"),
              "live": Output(directory=True, required=False, help="DVCLive directory: learning curves of both models")},
-    scratch={"resume_dir": Path("data/resume")},
+    scratch={"resume_dir": Path("data/resume")}, seeded=("encdec.train.seed",),
 )
 main = STAGE.main
 

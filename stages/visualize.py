@@ -1,6 +1,6 @@
 """Stage `visualize`: seeing inside the baseline model (paper 1 §II–III, paper 2, paper 3 §3.1).
 
-    python -m stages.visualize --dataset fashion_mnist --model data/models/fashion_mnist/baseline.pt \
+    python -m stages.visualize --dataset fashion_mnist --model data/models/fashion_mnist/seeds/0/baseline.pt \
         --data data/raw/fashion_mnist --figures reports/figures/fashion_mnist/visualize \
         --recon data/visualize/fashion_mnist/reconstructions.npz \
         --metrics reports/metrics/fashion_mnist/visualize.json

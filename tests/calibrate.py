@@ -93,6 +93,16 @@ def seed_keys(params: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def by_position(path: str, seed_list: list[int]) -> str:
+    """``…/seeds/<seed>/…`` named by the seed's position in the run's seed list (``…/seeds/0/…``: its first), so
+    that runs with shifted seed lists compare file by file with the test's own run (seeds 0, 1, …)."""
+    parts = path.split("/")
+    if "seeds" in parts[:-1] and parts[parts.index("seeds") + 1].isdigit():
+        i = parts.index("seeds") + 1
+        parts[i] = str(seed_list.index(int(parts[i])))
+    return "/".join(parts)
+
+
 def run_one(snapshot: Path, cache: Path, seed: int, isa: str, keys: list[str], keep: bool) -> dict:
     """One ci run (cached): {seed, isa, capability, seconds, metrics: {file: json}}."""
     done = cache / f"{isa}-seed{seed}.json"
@@ -101,13 +111,16 @@ def run_one(snapshot: Path, cache: Path, seed: int, isa: str, keys: list[str], k
         print(f"  {isa:>6} seed {seed}: cached ({record['seconds']:.0f} s when run)", flush=True)
         return record
     repo = copy_repo(Path(tempfile.mkdtemp(prefix=f"ci-{isa}-seed{seed}-", dir=cache)), snapshot)
-    overrides = tuple(f"{k}={seed}" for k in keys)
+    n = len(yaml.safe_load((snapshot / "conf" / "experiment" / "ci.yaml").read_text())["seeds"]["list"])
+    seed_list = [seed + i for i in range(n)]  # the pipeline's seeds, shifted with the run's seed
+    overrides = (*(f"{k}={seed}" for k in keys), f"seeds.list=[{','.join(map(str, seed_list))}]")
     t0 = time.perf_counter()
     out = ci_repro(repo, overrides, isa=isa)
     seconds = time.perf_counter() - t0
     if out.returncode != 0:
         raise RuntimeError(f"ci run {isa} seed {seed} failed in {repo}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    metrics = {str(f.relative_to(repo)): json.loads(f.read_text()) for f in sorted((repo / "reports" / "metrics").rglob("*.json"))}
+    metrics = {by_position(str(f.relative_to(repo)), seed_list): json.loads(f.read_text())
+               for f in sorted((repo / "reports" / "metrics").rglob("*.json"))}
     record = {"seed": seed, "isa": isa, "capability": cpu_capability(isa), "seconds": round(seconds, 1),
               "overrides": list(overrides), "metrics": metrics}
     done.write_text(json.dumps(record))
@@ -131,7 +144,8 @@ def run_full(snapshot: Path, cache: Path, isa: str, keep: bool) -> dict:
     seconds = time.perf_counter() - t0
     if out.returncode != 0:
         raise RuntimeError(f"full run {isa} failed in {repo}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    metrics = {str(f.relative_to(repo)): json.loads(f.read_text()) for f in sorted((repo / "reports" / "metrics").rglob("*.json"))}
+    metrics = {by_position(str(f.relative_to(repo)), seed_list): json.loads(f.read_text())
+               for f in sorted((repo / "reports" / "metrics").rglob("*.json"))}
     record = {"isa": isa, "capability": cpu_capability(isa), "seconds": round(seconds, 1), "continued": bool(unfinished),
               "metrics": metrics}
     done.write_text(json.dumps(record))

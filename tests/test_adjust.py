@@ -321,49 +321,60 @@ def _row(ds, before, after, control):
 REFERENCE = ROOT / "reports" / "paper_reference.yaml"
 
 
+def _seed_rows(ds, before, after, control, mcnemar=None):
+    """One retrain row per seed (the stage's output): seed i has the i-th value of each column."""
+    rows = {}
+    for i, (b, a, c) in enumerate(zip(before, after, control, strict=True)):
+        row = {**_row(ds, [b], [a], [c]), "seeds": [i]}
+        if mcnemar is not None:
+            row["tests"] = {"mcnemar": mcnemar}
+        rows[i] = row
+    return rows
+
+
 def test_table1_markdown_and_stage(tmp_path):
     from cnnvis import stats as S
     from cnnvis.studies.table1 import table1, table1_markdown
     from stages import table1 as stage
 
     reference = yaml.safe_load(REFERENCE.read_text())
-    row = _row("mnist", [98.0, 98.2], [98.5, 98.7], [98.6, 98.9])
-    row["tests"] = {"welch": S.welch([98.5, 98.7], [98.6, 98.9], ("adjusted", "control")).as_dict()}
-    md = table1_markdown(table1({"mnist": row}, ["mnist"], reference))
-    assert "| MNIST | 2 | 98.07 | 99.42 | 98.10 ± 0.14 | 98.60 ± 0.14 | 98.75 ± 0.21 |" in md  # paper's from the file
-    assert "adjusted and control not distinguishable at α=0.05 (Welch t, n=2" in md  # the verdict is the test's
-    rows = tmp_path / "rows"
-    rows.mkdir()
     right = np.r_[np.ones(900), np.zeros(100)].astype(bool)
     mcnemar = S.mcnemar(right, np.r_[np.ones(850), np.zeros(150)].astype(bool), ("adjusted", "control")).as_dict()
+    rows = {"mnist": _seed_rows("mnist", [98.0, 98.2, 98.1], [98.5, 98.7, 98.6], [98.6, 98.9, 98.6], mcnemar)}
+    md = table1_markdown(table1(rows, ["mnist"], reference))
+    # mean ± sample sd [95 % t interval] over the seeds; the paper's numbers from the file
+    t = S.summarize(__import__("pandas").DataFrame({"g": 0, "v": [98.5, 98.7, 98.6]}), ["g"], "v").iloc[0]
+    assert f"| MNIST | 3 | 98.07 | 99.42 | 98.10 ± 0.10 [" in md
+    assert f"| 98.60 ± 0.10 [{t.ci_low:.2f}, {t.ci_high:.2f}] |" in md
+    paired = S.paired_t([98.5, 98.7, 98.6], [98.6, 98.9, 98.6], ("adjusted", "control")).as_dict()["verdict"]
+    assert f"{paired}; McNemar per seed: 3 of 3 significant" in md  # the verdict is the test's
+    assert "[32, 64] → [21, 96] ([33, 66]) (3/3)" in md  # each seed's decision, counted
+    # decisions that differ between seeds are each counted
+    rows["mnist"][2]["widths"] = {"before": [32, 64], "after": [32, 64], "control": [32, 64]}
+    md = table1_markdown(table1(rows, ["mnist"], reference))
+    assert "[32, 64] → [21, 96] ([33, 66]) (2/3); [32, 64] → [32, 64] ([32, 64]) (1/3)" in md
+
+    root = tmp_path / "rows"
     for ds in ("fashion_mnist", "mnist", "cifar10"):
-        (rows / f"{ds}.json").write_text(json.dumps({**_row(ds, [90.0], [91.0], [90.5]), "tests": {"mcnemar": mcnemar}}))
+        (root / ds).mkdir(parents=True)
+        (root / ds / "0.json").write_text(json.dumps({**_row(ds, [90.0], [91.0], [90.5]), "seeds": [0],
+                                                      "tests": {"mcnemar": mcnemar}}))
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"dataset": {"fashion_mnist": {}, "mnist": {}}, "hardware": {}}))
+    params.write_text(yaml.safe_dump({"dataset": {"fashion_mnist": {}, "mnist": {}}, "seeds": {"list": [0]},
+                                      "hardware": {}}))
     out = tmp_path / "table1.md"
-    stage.main(["--rows", str(rows), "--reference", str(REFERENCE), "--table", str(out), "--params", str(params)])
+    argv = ["--rows", str(root), "--reference", str(REFERENCE), "--table", str(out), "--params", str(params)]
+    stage.main(argv)
     body = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [line.split("|")[1].strip() for line in body] == ["MNIST", "FASHION_MNIST"]  # paper order, selected only
     assert "adjusted better than control by 5.00 points (McNemar exact, n=1000, p=" in body[0]  # n=1 seed: per image
     assert body[1].split("|")[3:5] == [" — ", " — "]  # no paper numbers for a dataset the paper does not report
-
-
-def test_table1_paper_numbers_and_order_come_from_the_reference(tmp_path):
-    from cnnvis import ConfigError, DataError
-    from cnnvis.studies.table1 import table1, table1_markdown
-
-    reference = yaml.safe_load(REFERENCE.read_text())
-    spec = next(t for t in reference["tables"] if t["id"] == "p1_table1")
-    spec["paper_rows"] = [dict(spec["paper_rows"][1], before=11.5), spec["paper_rows"][0]]  # cifar10 first
-    rows = {ds: _row(ds, [90.0], [91.0], [90.5]) for ds in ("mnist", "cifar10")}
-    body = [line for line in table1_markdown(table1(rows, ["mnist", "cifar10"], reference)).splitlines()
-            if line.startswith("| ") and "---" not in line][1:]
-    assert [line.split("|")[1].strip() for line in body] == ["CIFAR10", "MNIST"]
-    assert body[0].split("|")[3].strip() == "11.5"
-    with pytest.raises(DataError, match=r"no Table I row of dataset cifar100 .*retrain@cifar100"):
-        table1(rows, ["mnist", "cifar100"], reference)
-    with pytest.raises(ConfigError, match="no table 'p1_table1'"):
-        table1(rows, ["mnist"], {"tables": []})
+    # a seed of seeds.list without its row stops the stage, naming the dataset and seed
+    params.write_text(yaml.safe_dump({"dataset": {"mnist": {}}, "seeds": {"list": [0, 1]}, "hardware": {}}))
+    out.unlink()
+    with pytest.raises(SystemExit) as e:
+        stage.main(argv)
+    assert e.value.code == 2 and not out.exists()
 
 
 def test_table1_stage_missing_reference_is_one_line(tmp_path, capsys):
@@ -371,7 +382,7 @@ def test_table1_stage_missing_reference_is_one_line(tmp_path, capsys):
 
     (tmp_path / "rows").mkdir()
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"dataset": {"mnist": {}}, "hardware": {}}))
+    params.write_text(yaml.safe_dump({"dataset": {"mnist": {}}, "seeds": {"list": [0]}, "hardware": {}}))
     with pytest.raises(SystemExit) as e:
         stage.main(["--rows", str(tmp_path / "rows"), "--reference", str(tmp_path / "nope.yaml"),
                     "--table", str(tmp_path / "t.md"), "--params", str(params)])

@@ -22,11 +22,14 @@ def dvc_stages():
     doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     for name, stage in doc["stages"].items():
         if name not in CHECKS:
-            yield name, stage.get("do", stage), "foreach" in stage
+            yield name, stage.get("do", stage), "foreach" in stage or "matrix" in stage
 
 
-def expand(value: str, key: str) -> str:
-    return value.replace("${key}", key)
+def expand(value: str, key: str, seed: str = "0") -> str:
+    """A foreach (``${key}``) or matrix (``${item.dataset}``, ``${item.seed}``) template for one dataset and seed;
+    ``${seeds.list.0}``, the primary seed, is seed 0 of the default seed list."""
+    return (value.replace("${key}", key).replace("${item.dataset}", key).replace("${item.seed}", seed)
+            .replace("${seeds.list.0}", seed))
 
 
 def paths(entries) -> set[str]:
@@ -89,6 +92,9 @@ def test_paths_in_cmd_are_deps_or_outs(name, stage, foreach):
         for value in flags.get(flag, []):
             assert value in outs, f"{name}: {flag} {value} is written but not an out/metric/plot"
     known = {spec.flag(n) for n in (*spec.inputs, *spec.all_outputs, *spec.scratch)} | {"--dataset", "--params"}
+    if spec.seeded:  # a stage that trains with the seed: run once per seed of the matrix, the seed in its cmd
+        known.add("--seed")
+        assert "--seed ${item.seed}" in stage["cmd"], f"{name}: a seeded stage's cmd passes --seed ${{item.seed}}"
     if "record" in spec.all_outputs:  # the run record is declared, but never as a metric
         assert flags.get("--record"), f"{name}: writes metrics, so its cmd must name a --record file"
         metrics = {expand(m, key) for m in paths(stage.get("metrics"))}

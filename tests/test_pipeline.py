@@ -118,7 +118,7 @@ def test_ci_baseline_accuracy_is_a_guard():
     """The baseline's test accuracy (the ci run's headline; its training was bit-identical across the ISAs
     measured) is a regression guard: its seed/ISA spread leaves a 3-point drop outside the tolerance. The other
     ci accuracies may not be (see the file's header); the full run's are checked by full_metrics.yaml."""
-    metrics = load_expected(CI_EXPECTED)["metrics"]["reports/metrics/fashion_mnist/baseline.json"]
+    metrics = load_expected(CI_EXPECTED)["metrics"]["reports/metrics/fashion_mnist/seeds/0/baseline.json"]
     for key in ("test.top1", "test.top5"):
         assert metrics[key]["guard"], (key, metrics[key])
 

@@ -46,6 +46,11 @@ FIXTURE_METRICS = {
         {"class": 3, "n": 10, "error": 2.0, "least_filter": 1, "error_least_removed": 2.0, "most_filter": 5,
          "error_most_removed": 7.5}]}},
 }
+SEEDS_JSON = {"seeds": [0, 1], "n": 2, "summary": {  # the seeds stage's aggregate (Table I's "ours" reads it)
+    "baseline": {"top1": {"mean": 98.5, "std": 0.0, "n": 1}},
+    "adjusted": {"top1": {"mean": 99.0, "std": 0.1, "n": 2}},
+    "control": {"top1": {"mean": 98.8, "std": 0.2, "n": 2}}}}
+PER_SEED = ("baseline.json", "adjusted.json", "prune.json")  # written per seed: <dataset>/seeds/<seed>/
 FIGURES = ("p1_fig08_gradcam.png", "p1_fig05a_map7.png", "p2_fig02_maps.png", "beyond_randomization.png")
 
 
@@ -57,8 +62,14 @@ def make_fixture_report(tmp: Path, *, readme: str | None = None) -> Path:
     compose(["dataset=[mnist]"], tmp / "params.yaml")
     m = tmp / "reports" / "metrics" / "mnist"
     m.mkdir(parents=True)
+    (m / "seeds" / "0").mkdir(parents=True)
+    (m / "seeds" / "1").mkdir()
     for name, doc in FIXTURE_METRICS.items():
-        (m / name).write_text(json.dumps(doc))
+        (m / "seeds" / "0" / name if name in PER_SEED else m / name).write_text(json.dumps(doc))
+    # another seed's file: the page shows the primary seed's (the first of seeds.list), never this one
+    (m / "seeds" / "1" / "baseline.json").write_text(json.dumps({**FIXTURE_METRICS["baseline.json"],
+                                                                 "classes": ["seed1-only-class"] * 4}))
+    (m / "seeds.json").write_text(json.dumps(SEEDS_JSON))
     (tmp / "reports" / "tables").mkdir()
     (tmp / "reports" / "tables" / "table1.md").write_text("| model | top-1 |\n|---|---|\n| control | 98.7 |\n")
     (tmp / "reports" / "tables" / "sanity.csv").write_text("method,rank correlation\ngradcam,0.12\n")
@@ -148,13 +159,16 @@ def test_lookup_takes_the_first_candidate_that_exists():
 def test_comparison_table_puts_ours_beside_the_paper_with_delta_on_the_same_dataset():
     ref = _reference()
     spec = next(t for t in ref["tables"] if t["id"] == "p1_table1")
-    t = R.comparison_table(spec, {"mnist": FIXTURE_METRICS, "digits": {}})
+    t = R.comparison_table(spec, {"mnist": {**FIXTURE_METRICS, "seeds.json": SEEDS_JSON}, "digits": {}})
     ours = [r for r in t.rows if r.who == "ours"]
     assert [r.dataset for r in ours] == ["mnist", "digits"]
-    assert ours[0].values == {"before": 98.5, "after": 99.0, "control": 98.8}
+    assert ours[0].values == {"before": 98.5, "after": 99.0, "control": 98.8}  # the seeds stage's means
     assert ours[0].delta == pytest.approx({"before": 98.5 - 98.07, "after": 99.0 - 99.42})  # no paper control
     assert ours[0].spread == {"before": (0.0, 1), "after": (0.1, 2), "control": (0.2, 2)}
-    assert (ours[0].seeds, ours[0].epochs) == ("2 seeds", "4")
+    assert (ours[0].seeds, ours[0].epochs) == ("0, 1", "4")
+    # without the seeds stage's aggregate (a run outside DVC): the one seed's own numbers
+    alone = [r for r in R.comparison_table(spec, {"mnist": FIXTURE_METRICS}).rows if r.who == "ours"][0]
+    assert alone.values == {"before": 98.5, "after": 99.1, "control": 98.8}
     _, cells = R.table_cells(t, 2)
     assert cells[3][3:6] == ["98.50 (n=1), Δ +0.43", "99.00 ± 0.10 (n=2), Δ -0.42", "98.80 ± 0.20 (n=2)"]
     assert set(ours[1].values.values()) == {None} and R.MISSING in ours[1].label
@@ -223,6 +237,7 @@ def test_report_stage_writes_page_results_and_readme_block(tmp_path):
     make_fixture_report(tmp_path, readme=readme)
     html = (tmp_path / "reports/index.html").read_text()
     md = (tmp_path / "reports/RESULTS.md").read_text()
+    assert "seed1-only-class" not in html + md and "| three |" in md  # per-seed files: the primary seed's only
     ref = _reference()
     for t in ref["tables"]:
         assert f'data-table="{t["id"]}"' in html

@@ -142,7 +142,7 @@ def test_resolver_gives_dvcs_own_stages(tmp_path):
                for s in repo.index.stages}
     ours = _as_dvc_sees_it(resolve_stages(DVC_YAML, tmp_path))
     assert list(ours) == list(dvc)
-    assert "train-baseline@synthetic" in ours
+    assert "train-baseline@synthetic-0" in ours and "visualize@synthetic" in ours
     for name in dvc:
         assert ours[name] == dvc[name], name
 
@@ -165,7 +165,7 @@ def test_resolver_fills_templates_like_dvc(tmp_path):
 
 @pytest.mark.parametrize("dvc_yaml, message", [
     ({"vars": [{"x": 1}], "stages": {}}, "top-level `vars` is not supported"),
-    ({"stages": {"s": {"matrix": {"a": [1, 2]}, "cmd": "echo ${item.a}"}}}, "`matrix` is not supported"),
+    ({"stages": {"s": {"matrix": {"a": [{"x": 1}]}, "cmd": "echo ${item.a}"}}}, "matrix axis a must be a list of plain"),
     ({"stages": {"s": {"foreach": [1, 2], "do": {"cmd": "echo ${item}"}}}}, "foreach over a list is not supported"),
     ({"stages": {"s": {"cmd": "echo ${a + b}"}}}, "not a plain dotted name"),
     ({"stages": {"s": {"cmd": "echo ${missing.key}"}}}, "${missing.key} is not defined in params.yaml"),
@@ -180,11 +180,14 @@ def test_resolver_refuses_what_it_does_not_support_with_one_line(tmp_path, dvc_y
 def test_plan_adds_upstream_stages_in_dependency_order(digits_stages):
     from stages.sweep import plan
 
-    assert plan(digits_stages, ["train-baseline"]) == ["download@digits", "train-baseline@digits"]
+    assert plan(digits_stages, ["train-baseline"]) == ["download@digits"] + [
+        f"train-baseline@digits-{s}" for s in (0, 1, 2)]  # a matrix stage: one per seed of seeds.list
     everything = plan(digits_stages, None)
     assert "report" not in everything  # one page per workspace, not per job
-    assert everything.index("download@digits") < everything.index("train-baseline@digits")
-    assert all(name.endswith("@digits") for name in everything)
+    assert everything.index("download@digits") < everything.index("train-baseline@digits-0")
+    assert all(everything.index(f"{name}@digits-{s}") < everything.index("seeds@digits")  # after every seed
+               for name in ("train-baseline", "retrain", "prune-by-importance", "train-encdec") for s in (0, 1, 2))
+    assert all("@digits" in name for name in everything)
     with pytest.raises(ConfigError, match="unknown stage 'trian-baseline'"):
         plan(digits_stages, ["trian-baseline"])
 

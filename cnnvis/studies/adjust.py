@@ -181,10 +181,11 @@ def _judged(d: dict) -> str:
 
 
 def adjust_study(raw: D.RawDataset, baseline: nn.Module, state: dict, baseline_metrics: dict,
-                 similarity: list[Redundancy], probes: Probes, sim_cfg: SimilarityConfig, cfg: A.AdjustConfig,
-                 hw: HardwareConfig) -> AdjustStudy:
+                 similarity: list[Redundancy] | None, probes: Probes, sim_cfg: SimilarityConfig,
+                 cfg: A.AdjustConfig, hw: HardwareConfig) -> AdjustStudy:
     """The rule on every conv layer of the trained ``baseline`` (with its checkpoint ``state``), measured on the
-    probe images; ``similarity`` (the similarity stage's Redundancy per conv layer) is reported beside it."""
+    probe images; ``similarity`` (the similarity stage's Redundancy per conv layer of the same baseline), when
+    given, is reported beside it."""
     model_cfg = parse(ModelConfig, {**state["model"], "pretrained": False}, "checkpoint.model")
     train_cfg = parse(TrainConfig, state.get("train", {}), "checkpoint.train")
     spec = state["spec"]
@@ -221,7 +222,7 @@ def adjust_study(raw: D.RawDataset, baseline: nn.Module, state: dict, baseline_m
         m.cpu()
         return m
 
-    if len(similarity) != len(model_cfg.widths):
+    if similarity is not None and len(similarity) != len(model_cfg.widths):
         raise DataError(f"similarity: {len(similarity)} conv layers, the baseline has {len(model_cfg.widths)}; "
                         "rerun the similarity stage")
     t0 = time.perf_counter()
@@ -243,6 +244,6 @@ def adjust_study(raw: D.RawDataset, baseline: nn.Module, state: dict, baseline_m
     stage_values = [{"layer": i, "value": A.metric_value(r, cfg.metric), "distinct": r.distinct,
                      "dead": len(r.dead_kernels), "ours_on_its_probes": A.metric_value(
                          m.first(min(visualize_probes, m.images)).redundancy, cfg.metric)}
-                    for i, (r, m) in enumerate(zip(similarity, measured, strict=True))]
+                    for i, (r, m) in enumerate(zip(similarity, measured, strict=True))] if similarity is not None else []
     return AdjustStudy(result, model_cfg, train_cfg, undertrained, parameters,
                        [h.get("val_top1") for h in history], seconds, cfg, sim_cfg, probe, stage_values, tuple(rows))

@@ -32,3 +32,20 @@ def test_phash_benchmark_runs_and_checks_bit_exactness(capsys):
     out = capsys.readouterr().out
     assert "bit-exact with imagehash.phash: the 40 maps timed below: True; stripes and a constant image: True" in out
     assert "fingerprints, 28x28 float maps" in out and "pairwise Hamming" in out
+
+
+def test_train_throughput_benchmark_runs_and_counts_flops(capsys, tmp_path):
+    import json
+
+    from benchmarks import train_throughput
+
+    train_throughput.main(["--images", "130", "--repeats", "1", "--matmul-size", "64", "--json", str(tmp_path / "t.json")])
+    out = capsys.readouterr().out
+    assert "% matmul" in out and "% oneDNN" in out and out.count("images/s (range") == 5
+    rows = json.loads((tmp_path / "t.json").read_text())["models"]
+    assert [(r["widths"], r["channels_last"]) for r in rows] == [
+        (w, cl) for w in ([32, 64], [32, 96], [46, 91], [48, 96]) for cl in (False, True)]
+    # 32/64 by hand: multiply-adds x 2 of conv1, conv2, fc1, fc; backward twice the forward (input and weight
+    # gradients) except conv1, whose input needs no gradient
+    conv1, conv2, fc1, fc = (2 * 128 * m for m in (28 * 28 * 32 * 25, 14 * 14 * 64 * 32 * 25, 64 * 7 * 7 * 128, 128 * 10))
+    assert rows[0]["gflop_per_step"] * 1e9 == pytest.approx(conv1 * 2 + (conv2 + fc1 + fc) * 3, rel=1e-12)

@@ -1,6 +1,6 @@
 """Attribution speed, as ratios measured in one run.
 
-    python -m benchmarks.attribution [--model data/models/fashion_mnist/baseline.pt] [--images 256] [--threads 1]
+    python -m benchmarks.attribution [--model data/models/fashion_mnist/seeds/0/baseline.pt] [--images 256] [--threads 1]
 
 1. Guided Grad-CAM on N test images (target = label): ours (its default
    batches of ``BATCH`` images) vs Captum's GuidedGradCam (bilinear, the same
@@ -150,7 +150,7 @@ def projection(model: torch.nn.Module, x: torch.Tensor, layer_name: str, repeats
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=Path("data/models/fashion_mnist/baseline.pt"))
+    p.add_argument("--model", type=Path, default=Path("data/models/fashion_mnist/seeds/0/baseline.pt"))
     p.add_argument("--data", type=Path, default=Path("data/raw/fashion_mnist"))
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--probe", type=int, default=10, help="images for the deconvnet projection")

@@ -1,7 +1,7 @@
 """Filter-importance throughput: cnnvis.importance (one forward + one batched backward per batch
 for all classes) vs a loop of one backward per image and class.
 
-    python -m benchmarks.importance [--checkpoint data/models/fashion_mnist/baseline.pt] \
+    python -m benchmarks.importance [--checkpoint data/models/fashion_mnist/seeds/0/baseline.pt] \
         [--data data/raw/fashion_mnist] [--images 10000] [--loop-images 50] [--threads 2]
 
 The issue's target: the Fashion-MNIST test set (10,000 images, all conv layers,
@@ -31,7 +31,7 @@ def _timed(fn) -> tuple[float, float, object]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, default=Path("data/models/fashion_mnist/baseline.pt"))
+    p.add_argument("--checkpoint", type=Path, default=Path("data/models/fashion_mnist/seeds/0/baseline.pt"))
     p.add_argument("--data", type=Path, default=Path("data/raw/fashion_mnist"))
     p.add_argument("--images", type=int, default=10_000)
     p.add_argument("--loop-images", type=int, default=50, help="images timed for the per-image loop (extrapolated)")

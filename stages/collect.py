@@ -39,7 +39,8 @@ GROUP = ("dataset", "device", "stage", "setting")
 
 
 def _is_seed(override: str) -> bool:
-    return override.split("=", 1)[0].lstrip("+~").split(".")[-1] in ("seed", "seeds")
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key.split(".")[-1] in ("seed", "seeds") or key.split(".")[0] == "seeds"  # train.seed, seeds.list
 
 
 def _varying(overrides: list[str], common: set[str]) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import copy_repo, run
 
-TARGET = "train-baseline@digits"  # download → train: the smallest chain that trains
+TARGET = "train-baseline@digits-0"  # download → train (the first seed): the smallest chain that trains
 COMPOSE = ("python", "-m", "stages.compose", "experiment=ci", "dataset=[digits]", "train.epochs=1", "hardware.threads=1")
 GIT = ("git", "-c", "user.name=cnnvis-test", "-c", "user.email=test@localhost")
 
@@ -29,7 +29,7 @@ def _md5(path: Path) -> str:
 def test_results_pushed_to_a_remote_are_pulled_by_another_clone_without_retraining(tmp_path):
     first, remote = copy_repo(tmp_path / "first"), tmp_path / "remote"
     _ok(COMPOSE, first)
-    assert "Running stage 'train-baseline@digits'" in _ok(["dvc", "repro", TARGET], first)
+    assert "Running stage 'train-baseline@digits-0'" in _ok(["dvc", "repro", TARGET], first)
     _ok(["dvc", "remote", "add", "-d", "storage", str(remote)], first)  # .dvc/config: committed with the results
     _ok([*GIT, "add", "-A"], first)
     _ok([*GIT, "commit", "-q", "-m", "results"], first)
@@ -38,7 +38,7 @@ def test_results_pushed_to_a_remote_are_pulled_by_another_clone_without_retraini
 
     second = tmp_path / "second"
     subprocess.run(["git", "clone", "-q", str(first), str(second)], check=True)
-    model = Path("data/models/digits/baseline.pt")
+    model = Path("data/models/digits/seeds/0/baseline.pt")
     assert not (second / model).exists()  # a clone has the pipeline and dvc.lock, not the data
     _ok(["dvc", "pull", "--with-deps", TARGET], second)  # the other stages never ran: nothing of theirs to pull
     assert _md5(second / model) == _md5(first / model)

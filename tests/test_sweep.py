@@ -275,7 +275,7 @@ def test_submitit_local_sweep_runs_jobs_as_processes_sharing_the_cores_then_coll
     from cnnvis.threads import threads_per_job
 
     sweep_dir = tmp_path / "multirun"
-    sweep = subprocess.Popen([sys.executable, "-m", "stages.sweep", "-m", *TINY, "train.seed=0,1", "+launcher=submitit_local",
+    sweep = subprocess.Popen([sys.executable, "-m", "stages.sweep", "-m", *TINY, "seeds.list=[0],[1]", "+launcher=submitit_local",
                               f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env=_clean_env())
     out, err = sweep.communicate(timeout=600)
@@ -286,13 +286,13 @@ def test_submitit_local_sweep_runs_jobs_as_processes_sharing_the_cores_then_coll
         record = json.loads((d / "sweep.json").read_text())
         records.append(record)
         assert record["status"] == "ok" and record["attempt"] == 1
-        assert [s["stage"] for s in record["stages"]] == ["download@digits", "train-baseline@digits"]
+        assert [s["stage"] for s in record["stages"]] == ["download@digits", f"train-baseline@digits-{seed}"]
         params = yaml.safe_load((d / "params.yaml").read_text())
-        assert params["train"]["seed"] == seed
+        assert params["seeds"]["list"] == [seed]
         assert record["parallel_jobs"] == 2 and params["hardware"]["threads"] == record["threads"] == threads_per_job(2)
         assert _record_threads(d, record["stages"][1]) == threads_per_job(2)
-        assert (d / "data/models/digits/baseline.pt").is_file()
-        m = json.loads((d / "reports/metrics/digits/baseline.json").read_text())
+        assert (d / f"data/models/digits/seeds/{seed}/baseline.pt").is_file()
+        m = json.loads((d / f"reports/metrics/digits/seeds/{seed}/baseline.json").read_text())
         assert (m["seed"], m["epochs"], m["test_images"]) == (seed, 1, 128)
         top1.append(m["test"]["top1"])
     assert len({r["pid"] for r in records} | {sweep.pid}) == 3  # two job processes, neither the launching one
@@ -332,7 +332,7 @@ def test_job_signalled_before_its_time_limit_is_requeued_and_resumes(tmp_path):
     resubmits the job → the rerun reuses the download, resumes training from its last epoch and finishes."""
     sweep_dir = tmp_path / "multirun"
     epochs = 12  # 0.2 s or more each: the job is still training when the signal lands
-    sweep = subprocess.Popen([sys.executable, "-m", "stages.sweep", "-m", *TINY, f"train.epochs={epochs}",
+    sweep = subprocess.Popen([sys.executable, "-m", "stages.sweep", "-m", *TINY, "seeds.list=[0]", f"train.epochs={epochs}",
                               "train.max_train_images=1500", "+launcher=submitit_local", "hydra.launcher.timeout_min=5",
                               "+hydra.launcher.max_num_timeout=1", f"hydra.sweep.dir={sweep_dir}"],
                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -359,7 +359,7 @@ def test_job_signalled_before_its_time_limit_is_requeued_and_resumes(tmp_path):
     if "Requeued job" in logs:
         assert "resuming baseline from" in logs
     assert logs.count("train-baseline done") <= 1  # the interrupted attempt's training was stopped, not orphaned
-    m = json.loads((sweep_dir / "0" / "reports/metrics/digits/baseline.json").read_text())
+    m = json.loads((sweep_dir / "0" / "reports/metrics/digits/seeds/0/baseline.json").read_text())
     assert m["epochs"] == epochs and not list(resume_dir.glob("*.pt"))
 
 

@@ -71,7 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "examples:",
         "  cnnvis explain --model torchvision:resnet18 --weights resnet18.pt --images photos/ \\",
         "      --method guided-gradcam --layer layer4 --out explained/",
-        "  cnnvis explain --model data/models/fashion_mnist/baseline.pt --images digits/ --method saliency --out sal/",
+        "  cnnvis explain --model data/models/fashion_mnist/seeds/0/baseline.pt --images digits/ --method saliency --out sal/",
     ])
     p = sub.add_parser("explain", help="attribution maps (Grad-CAM, guided backprop, …) of a model on images",
                        description="Explain a classifier's decisions on a directory of images: one attribution map "

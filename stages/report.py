@@ -37,7 +37,8 @@ def run(ctx: Context) -> dict:
 
     metrics = {ds: {name: merge_run_record(doc, files(runs, ds).get(name) if runs else None)
                     for name, doc in files(metrics_root, ds).items()} for ds in datasets}
-    tables = {shown(f.relative_to(tables_root), primary): f.read_text()
+    # tables by their own path (the page names the file; the stage tables are matched by file name)
+    tables = {f.relative_to(tables_root).as_posix(): f.read_text()
               for f in files_below(tables_root, (".md", ".csv")) if shown(f.relative_to(tables_root), primary)
               and (len(f.relative_to(tables_root).parts) == 1 or f.relative_to(tables_root).parts[0] in datasets)}
     html_dir = ctx.path("html").parent
@@ -50,8 +51,9 @@ def run(ctx: Context) -> dict:
 
 
 def shown(rel: Path, primary: str) -> str | None:
-    """``rel`` as the page names it: a per-seed file (``…/seeds/<seed>/…``) only of the primary seed, without
-    that part; every other seed's file is left out (their results are in the seeds stage's tables)."""
+    """``rel`` as the figure catalogue matches it: a per-seed file (``…/seeds/<seed>/…``) only of the primary
+    seed, without that part; every other seed's file is left out (their results are in the seeds stage's
+    tables)."""
     parts = rel.parts
     if "seeds" in parts[:-1]:
         i = parts.index("seeds")

@@ -102,7 +102,7 @@ def test_reference_calibrates_the_brief_recipe():
     assert res.widths == (64,)
 
 
-# The committed Fashion-MNIST search (reports/metrics/fashion_mnist/adjust.json): conv2 of the trained baseline has
+# The committed Fashion-MNIST search (reports/metrics/fashion_mnist/seeds/0/adjust.json): conv2 of the trained baseline has
 # 64 distinct kernels of 64; briefly trained at each width: (dead kernels, distinct groups)
 COMMITTED_BRIEF_CONV2 = {64: (18, 34), 96: (9, 52), 128: (10, 90)}
 

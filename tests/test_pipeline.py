@@ -149,12 +149,13 @@ def test_broken_training_fails_the_regression(ci_run, tmp_path):
     composed = run(["python", "-m", "stages.compose", "experiment=ci", "hardware.threads=1", "train.lr=1e-7",
                     "--out", str(params)], repo)
     assert composed.returncode == 0, composed.stderr
-    metrics = tmp_path / "reports" / "metrics" / "fashion_mnist" / "baseline.json"
-    trained = run(["python", "-m", "stages.train_baseline", "--dataset", "fashion_mnist", "--data", "data/raw/fashion_mnist",
+    metrics = tmp_path / "reports" / "metrics" / "fashion_mnist" / "seeds" / "0" / "baseline.json"
+    trained = run(["python", "-m", "stages.train_baseline", "--dataset", "fashion_mnist", "--seed", "0",
+                   "--data", "data/raw/fashion_mnist",
                    "--out", str(tmp_path / "baseline.pt"), "--metrics", str(metrics), "--resume-dir", str(tmp_path / "resume"),
                    "--params", str(params)], repo)
     assert trained.returncode == 0, trained.stderr[-3000:]
-    file = "reports/metrics/fashion_mnist/baseline.json"
+    file = "reports/metrics/fashion_mnist/seeds/0/baseline.json"
     expected = {file: load_expected(CI_EXPECTED)["metrics"][file]}
     problems = compare(collect_metrics(tmp_path / "reports"), expected)
     assert any(p.startswith(f"{file}:test.top1 = ") for p in problems), problems

@@ -82,11 +82,11 @@ def test_seeds_study_aggregates_every_model_and_tests_across_seeds():
     # an error: lower is better, so importance (0.5 points lower every seed) is the better ranking
     assert m["tests"]["importance_vs_l1_norm"]["difference"] == pytest.approx(0.5)
     assert m["tests"]["encdec_vs_resnet18"]["difference"] == pytest.approx(-1.0)
-    own = m["per_seed_tests"]["adjusted_vs_control (mcnemar)"]
+    own = m["per_seed_tests"]["pHash-adjusted widths vs uniform-width control, test top-1"]
     assert [e["seed"] for e in own] == [0, 1, 2] and own[2]["p_value"] == pytest.approx(0.03)
     md = study.markdown()
     assert "| adjusted | top1 | 3 | 92.07 ± 0.31 |" in md and "| [32, 96] | 2 | 2/3 | 0, 1 |" in md
-    assert "| adjusted_vs_control (mcnemar) | McNemar exact | 3 of 3 |" in md
+    assert "| pHash-adjusted widths vs uniform-width control, test top-1 | McNemar exact | 3 of 3 |" in md
     assert [name for name, _ in study.figures()] == ["top1_across_seeds.png", "pruning_across_seeds.png"]
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 
 from cnnvis import DataError
 from cnnvis import stats as S
-from cnnvis.report import md_table
+from cnnvis.report import ACROSS_SEEDS, md_table
 
 FILES = ("baseline.json", "adjust.json", "adjusted.json", "prune.json", "encdec.json")
 # (model, metric) pairs compared across seeds: (name, A, B, metric, lower is better)
@@ -109,8 +109,8 @@ class SeedsStudy:
                                    for s in self.seeds)))
         decisions = [(str(d["widths"]), d["count"], f"{d['count']}/{n}", ", ".join(map(str, d["seeds"])))
                      for d in self.decisions]
-        tests = [(name, t["test"], t["n"], f"{t['difference']:+.2f}", f"{t['p_value']:.2g}", t["verdict"])
-                 for name, t in self.tests.items()]
+        tests = [(ACROSS_SEEDS.get(name, name), t["test"], t["n"], f"{t['difference']:+.2f}", f"{t['p_value']:.2g}",
+                  t["verdict"]) for name, t in self.tests.items()]
         own = []
         for name, entries in self.per_seed_tests.items():
             hits = sum(e["p_value"] < self.alpha for e in entries)
@@ -158,9 +158,9 @@ def _decisions(docs: Mapping[int, Mapping[str, Mapping]]) -> tuple[dict, ...]:
 def _per_seed_tests(docs: Mapping[int, Mapping[str, Mapping]]) -> dict:
     out: dict[str, list] = {}
     for seed, files in docs.items():
-        found = {f"adjusted_vs_control ({k})": t
-                 for k, t in ((files.get("adjusted.json") or {}).get("adjusted_vs_control") or {}).items()}
-        found |= {f"pruning {k}": t for k, t in
+        found = {"pHash-adjusted widths vs uniform-width control, test top-1": t
+                 for t in ((files.get("adjusted.json") or {}).get("adjusted_vs_control") or {}).values()}
+        found |= {f"filter pruning, {k.replace('_vs_', ' vs ')}, error over the sweep": t for k, t in
                   (((files.get("prune.json") or {}).get("sweep") or {}).get("tests") or {}).items()}
         for name, t in found.items():
             out.setdefault(name, []).append({"seed": seed, "test": t["test"], "n": t["n"], "p_value": t["p_value"],

@@ -25,6 +25,7 @@ import jinja2
 from markdown_it import MarkdownIt
 
 from cnnvis import ConfigError
+from cnnvis import stats as S
 from cnnvis.config import opt
 
 MISSING = "not run"
@@ -400,6 +401,10 @@ ACROSS_SEEDS = {  # the seeds stage's comparisons, as a sentence names them
 }
 
 
+def _seeds(seeds: list[int]) -> str:
+    return f"seed{'s' * (len(seeds) != 1)} {', '.join(map(str, seeds))}"
+
+
 def findings(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """One sentence per comparison a stage tested, each the test's own verdict (n, effect, test, p): across seeds
     (the seeds stage: adjusted vs control and vs the baseline, encoder-decoder vs ResNet-18, the pruning rankings)
@@ -411,10 +416,13 @@ def findings(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
         for name, test in (seeds.get("tests") or {}).items():
             out.append(f"{ds}, {ACROSS_SEEDS.get(name, name)}, across {seeds['n']} seeds: {test['verdict']}.")
         for name, entries in (seeds.get("per_seed_tests") or {}).items():
-            hits = sum(e["p_value"] < 0.05 for e in entries)
-            out.append(f"{ds}, {name}, each seed's own {entries[0]['test']} test (n={entries[0]['n']} per seed): "
-                       f"p < 0.05 in {hits} of {len(entries)} seeds "
-                       "(p = " + ", ".join(f"{e['p_value']:.2g}" for e in entries) + ").")
+            a, b, neither = S.tally(entries)
+            counts = [f"{entries[0]['a']} better in {_seeds(a)}" if a else "",
+                      f"{entries[0]['b']} better in {_seeds(b)}" if b else "",
+                      f"not distinguishable in {_seeds(neither)}" if neither else ""]
+            out.append(f"{ds}, {name}, each seed's own {entries[0]['test']} test (n={entries[0]['n']} per seed, "
+                       f"α=0.05): {'; '.join(c for c in counts if c)} (p = "
+                       + ", ".join(f"{e['p_value']:.2g}" for e in entries) + ").")
         if not seeds:  # a run outside the seeds stage: the one seed's own tests
             adjusted = files.get("adjusted.json") or {}
             for name, test in (adjusted.get("adjusted_vs_control") or {}).items():

@@ -76,6 +76,14 @@ def paired_t(values_a: list[float], values_b: list[float], names: tuple[str, str
                       + ("; no spread across the pairs: not testable" if flat else ""), alpha)
 
 
+def tally(entries: list[dict[str, Any]], alpha: float = 0.05) -> tuple[list[int], list[int], list[int]]:
+    """Seeds of per-seed test results (``seed``, ``difference`` A − B, positive favouring A, ``p_value``) by
+    outcome: A better, B better, not distinguishable at ``alpha``."""
+    a = [e["seed"] for e in entries if e["p_value"] < alpha and e["difference"] > 0]
+    b = [e["seed"] for e in entries if e["p_value"] < alpha and e["difference"] < 0]
+    return a, b, [e["seed"] for e in entries if e["seed"] not in a + b]
+
+
 def summarize(frame: Any, by: list[str], value: str, confidence: float = 0.95) -> Any:
     """Per group of ``frame`` (pandas): n, mean, sample sd (n−1) and the two-sided ``confidence`` t interval of
     the mean of ``value``; sd and interval are NaN for a group of one."""

@@ -144,7 +144,7 @@ def run_full(snapshot: Path, cache: Path, isa: str, keep: bool) -> dict:
     seconds = time.perf_counter() - t0
     if out.returncode != 0:
         raise RuntimeError(f"full run {isa} failed in {repo}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    metrics = {by_position(str(f.relative_to(repo)), seed_list): json.loads(f.read_text())
+    metrics = {str(f.relative_to(repo)): json.loads(f.read_text())
                for f in sorted((repo / "reports" / "metrics").rglob("*.json"))}
     record = {"isa": isa, "capability": cpu_capability(isa), "seconds": round(seconds, 1), "continued": bool(unfinished),
               "metrics": metrics}

@@ -344,7 +344,7 @@ def test_table1_markdown_and_stage(tmp_path):
     md = table1_markdown(table1(rows, ["mnist"], reference))
     # mean ± sample sd [95 % t interval] over the seeds; the paper's numbers from the file
     t = S.summarize(__import__("pandas").DataFrame({"g": 0, "v": [98.5, 98.7, 98.6]}), ["g"], "v").iloc[0]
-    assert f"| MNIST | 3 | 98.07 | 99.42 | 98.10 ± 0.10 [" in md
+    assert "| MNIST | 3 | 98.07 | 99.42 | 98.10 ± 0.10 [" in md
     assert f"| 98.60 ± 0.10 [{t.ci_low:.2f}, {t.ci_high:.2f}] |" in md
     paired = S.paired_t([98.5, 98.7, 98.6], [98.6, 98.9, 98.6], ("adjusted", "control")).as_dict()["verdict"]
     assert f"{paired}; McNemar per seed: 3 of 3 significant" in md  # the verdict is the test's

@@ -44,7 +44,8 @@ def test_paired_t_is_scipys_and_names_the_direction():
 
 def _docs(seed: int, after: float, control: float, widths: list[int], importance_err: float) -> dict:
     curve = lambda err: [{"fraction": f, "error_mean": err + 10 * f} for f in (0.0, 0.3, 0.6)]  # noqa: E731
-    mcnemar = {"test": "McNemar exact", "n": 1000, "p_value": 0.01 * (seed + 1), "difference": after - control,
+    mcnemar = {"test": "McNemar exact", "n": 1000, "a": "adjusted", "b": "control", "p_value": 0.01 * (seed + 1),
+               "difference": after - control,
                "verdict": f"seed {seed}'s verdict"}
     return {"baseline.json": {"test": {"top1": 90.0 + seed / 10, "top5": 99.0}},
             "adjust.json": {"widths": widths},
@@ -86,8 +87,24 @@ def test_seeds_study_aggregates_every_model_and_tests_across_seeds():
     assert [e["seed"] for e in own] == [0, 1, 2] and own[2]["p_value"] == pytest.approx(0.03)
     md = study.markdown()
     assert "| adjusted | top1 | 3 | 92.07 ± 0.31 |" in md and "| [32, 96] | 2 | 2/3 | 0, 1 |" in md
-    assert "| pHash-adjusted widths vs uniform-width control, test top-1 | McNemar exact | 3 of 3 |" in md
+    assert "| pHash-adjusted widths vs uniform-width control, test top-1 | McNemar exact | 3 | 0 | 0 |" in md
     assert [name for name, _ in study.figures()] == ["top1_across_seeds.png", "pruning_across_seeds.png"]
+
+
+def test_tally_counts_each_seeds_test_by_its_outcome():
+    entries = [{"seed": 0, "difference": 2.0, "p_value": 0.001}, {"seed": 1, "difference": -1.5, "p_value": 0.01},
+               {"seed": 2, "difference": 0.3, "p_value": 0.4}, {"seed": 3, "difference": -0.2, "p_value": 0.2}]
+    assert S.tally(entries) == ([0], [1], [2, 3])  # significant in 2 of 4, but in opposite directions
+
+
+def test_findings_say_which_way_each_seeds_test_went():
+    from cnnvis.report import findings
+
+    per_seed = [{"seed": s, "test": "paired bootstrap", "n": 2000, "a": "l1_norm", "b": "random", "p_value": p,
+                 "difference": d, "verdict": ""} for s, d, p in ((0, 9.7, 1e-4), (1, -1.8, 1e-4), (2, 0.1, 0.6))]
+    line = findings({"mnist": {"seeds.json": {"n": 3, "tests": {}, "per_seed_tests": {"pruning": per_seed}}}})[0]
+    assert line == ("mnist, pruning, each seed's own paired bootstrap test (n=2000 per seed, α=0.05): l1_norm better "
+                    "in seed 0; random better in seed 1; not distinguishable in seed 2 (p = 0.0001, 0.0001, 0.6).")
 
 
 def test_seeds_study_refuses_a_missing_seed_and_tests_nothing_at_one_seed():

@@ -113,9 +113,9 @@ class SeedsStudy:
                   t["verdict"]) for name, t in self.tests.items()]
         own = []
         for name, entries in self.per_seed_tests.items():
-            hits = sum(e["p_value"] < self.alpha for e in entries)
-            own.append((name, entries[0]["test"] if entries else "—", f"{hits} of {len(entries)}",
-                        "; ".join(f"seed {e['seed']}: p={e['p_value']:.2g}" for e in entries)))
+            a, b, neither = S.tally(entries, self.alpha)
+            own.append((name, entries[0]["test"], len(a), len(b), len(neither),
+                        "; ".join(f"seed {e['seed']}: {e['difference']:+.2f}, p={e['p_value']:.2g}" for e in entries)))
         return "\n".join([
             f"# {self.dataset}: results across {n} seed{'s' * (n != 1)} ({', '.join(map(str, self.seeds))})", "",
             "Per model and metric: mean ± sample sd (n−1) over the seeds, the 95 % t interval of the mean, and "
@@ -132,8 +132,10 @@ class SeedsStudy:
             "Fewer than 2 seeds: nothing is tested across seeds (the per-seed tests below still apply).", "",
             *([md_table(("comparison", "test", "n", "difference", "p", "verdict"), tests), ""] if tests else []),
             "## The stages' own tests, per seed", "",
-            f"Each seed's test as its stage ran it; *significant*: p < {self.alpha:g}.", "",
-            md_table(("comparison", "test", "significant", "p per seed"), own), ""])
+            f"Each seed's test as its stage ran it, counted by its outcome at α = {self.alpha:g}: A better, B better "
+            "(p < α, the sign of the difference), or not distinguishable; per seed the difference (positive favours "
+            "A) and p.", "",
+            md_table(("comparison (A vs B)", "test", "A better", "B better", "neither", "per seed"), own), ""])
 
     def figures(self) -> Iterator[tuple[str, plt.Figure]]:
         from cnnvis.plotting.seeds import seed_figures
@@ -158,13 +160,14 @@ def _decisions(docs: Mapping[int, Mapping[str, Mapping]]) -> tuple[dict, ...]:
 def _per_seed_tests(docs: Mapping[int, Mapping[str, Mapping]]) -> dict:
     out: dict[str, list] = {}
     for seed, files in docs.items():
-        found = {"pHash-adjusted widths vs uniform-width control, test top-1": t
-                 for t in ((files.get("adjusted.json") or {}).get("adjusted_vs_control") or {}).values()}
+        mcnemar = ((files.get("adjusted.json") or {}).get("adjusted_vs_control") or {}).get("mcnemar")
+        found = {"pHash-adjusted widths vs uniform-width control, test top-1": mcnemar} if mcnemar else {}
         found |= {f"filter pruning, {k.replace('_vs_', ' vs ')}, error over the sweep": t for k, t in
                   (((files.get("prune.json") or {}).get("sweep") or {}).get("tests") or {}).items()}
         for name, t in found.items():
-            out.setdefault(name, []).append({"seed": seed, "test": t["test"], "n": t["n"], "p_value": t["p_value"],
-                                             "difference": t["difference"], "verdict": t["verdict"]})
+            out.setdefault(name, []).append({"seed": seed, "test": t["test"], "n": t["n"], "a": t["a"], "b": t["b"],
+                                             "p_value": t["p_value"], "difference": t["difference"],
+                                             "verdict": t["verdict"]})
     return out
 
 

@@ -13,10 +13,9 @@ when the training code does.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-import math
 
 import pandas as pd
 
@@ -133,7 +132,7 @@ def table1_markdown(t: Table1) -> str:
     """Paper 1 Table I with our numbers beside the paper's and the uniform-width control."""
     cells = []
     for r in t.rows:
-        paper, w, n = t.paper.get(r["dataset"], {}), r["widths"], r["parameters"]
+        paper, n = t.paper.get(r["dataset"], {}), r["parameters"]
         cells.append((r["name"], len(r["seeds"]), paper.get("before", "—"), paper.get("after", "—"),
                       _fmt(r.get("before")), _fmt(r.get("after")), _fmt(r.get("control")),
                       _decisions(r), f"{n['before']:,} → {n['after']:,}",

@@ -441,7 +441,7 @@ def test_similarity_adjust_retrain_table_on_synthetic(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({
         "dataset": {"synthetic": {"name": "synthetic"}}, "hardware": to_dict(hw), "train": to_dict(train_cfg),
-        "similarity": {"agreement_maps": 8},
+        "similarity": {"agreement_maps": 8}, "seeds": {"list": [0]},
         "adjust": {"lower": 0.9, "upper": 0.95, "max_steps": 1, "search_train_images": 448, "search_val_images": 64,
                    "probe_images": 4, "growth": "add", "growth_step": 4, "max_width": 16},
     }))
@@ -467,7 +467,7 @@ def test_similarity_adjust_retrain_table_on_synthetic(tmp_path):
     retrain.main([*p, "--data", str(raw), "--adjusted", str(m / "adjusted.yaml"),
                   "--baseline-metrics", str(m / "baseline.json"), "--recon", str(m / "recon.npz"),
                   "--out", str(m / "adjusted.pt"), "--control-out", str(m / "control.pt"),
-                  "--metrics", str(m / "adjusted.json"), "--rows", str(tmp_path / "rows" / "synthetic.json"),
+                  "--metrics", str(m / "adjusted.json"), "--rows", str(tmp_path / "rows" / "synthetic" / "0.json"),
                   "--figures", str(tmp_path / "fig_adj"), "--resume-dir", str(tmp_path / "resume")])
     adj = json.loads((m / "adjusted.json").read_text())
     assert adj["widths"]["after"] == yaml.safe_load((m / "adjusted.yaml").read_text())["widths"]
@@ -478,7 +478,7 @@ def test_similarity_adjust_retrain_table_on_synthetic(tmp_path):
     figures = {f.name for f in (tmp_path / "fig_adj").iterdir()}  # each figure once: paper name, else generic
     assert figures == {"p1_fig13.png", "p1_fig14.png", "maps_features.conv1.png", "matrix_features.conv1.png"}
     assert not list((tmp_path / "resume").iterdir())  # resume state removed once each training finished
-    mc = adj["adjusted_vs_control"]["mcnemar"]  # per image on the whole test split, the first seed's two models
+    mc = adj["adjusted_vs_control"]["mcnemar"]  # per image on the whole test split, the seed's two models
     assert mc["test"] == "McNemar exact" and mc["n"] == adj["test"]["n"] and 0 < mc["p_value"] <= 1
     table1.main(["--params", str(params), "--rows", str(tmp_path / "rows"), "--reference", str(REFERENCE),
                  "--table", str(tmp_path / "table1.md")])

@@ -6,8 +6,9 @@ every regression metric's spread and write the expected values with per-metric t
     .venv/bin/python -m tests.calibrate --full-only            # only full_metrics.yaml, from the committed results
 
 Each run is `dvc repro` of experiment=ci (as the test runs it) in its own copy of one snapshot of the working
-tree (every run sees the same code), with every ``seed`` of the composed params set to the run's seed and the
-ISA variables of ``tests.pipeline.ISA_ENV`` set. Every metric of ``tests.pipeline.collect_metrics`` becomes one
+tree (every run sees the same code), with every ``seed`` of the composed params set to the run's seed, the
+pipeline's ``seeds.list`` shifted to start at it (its per-seed files named by position: ``by_position``) and
+the ISA variables of ``tests.pipeline.ISA_ENV`` set. Every metric of ``tests.pipeline.collect_metrics`` becomes one
 row per run (pandas); per metric: the expected value (the seed-0 native run: what the test's own run
 reproduces), n, mean, sample sd, the largest deviation from the expected value (over all runs, and between
 ISAs at the same seed), and the tolerance max(floor, k·sd). tests/expected/ci_runs.csv keeps the rows.

@@ -415,3 +415,17 @@ def test_dvc_plots_show_renders_every_declared_plot(ci_run, tmp_path):
     unshown = [rel for rel in curves if f'"{rel}"' not in html]  # a Vega-Lite spec titled by its file
     assert not unshown, f"curves not shown by index.html: {unshown}"
     print(f"{len(declared)} plots outs: {len(images)} PNGs and {len(curves)} curves rendered")
+
+
+def test_calibration_names_per_seed_files_by_the_seeds_position():
+    """A calibration run with its seed list shifted (seeds 2, 3) is compared file by file with the test's own run
+    (seeds 0, 1): its n-th seed's files are named as the n-th seed's, the other files are left alone."""
+    from tests.calibrate import by_position
+
+    assert by_position("reports/metrics/fashion_mnist/seeds/3/prune.json", [2, 3]) == \
+        "reports/metrics/fashion_mnist/seeds/1/prune.json"
+    assert by_position("reports/metrics/fashion_mnist/seeds/2/baseline.json", [2, 3]) == \
+        "reports/metrics/fashion_mnist/seeds/0/baseline.json"
+    assert by_position("reports/metrics/fashion_mnist/seeds.json", [2, 3]) == "reports/metrics/fashion_mnist/seeds.json"
+    with pytest.raises(ValueError):
+        by_position("reports/metrics/fashion_mnist/seeds/7/baseline.json", [2, 3])  # not a seed of the run

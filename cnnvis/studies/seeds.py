@@ -86,8 +86,12 @@ class SeedsStudy:
     alpha: float
 
     def metrics(self) -> dict:
+        """The aggregate as metrics; the pruning error at each fraction stays in the table and the figure (the
+        per-seed prune.json has the curves), so that `dvc exp show` gets one column per ranking, not 10."""
         summary: dict[str, dict] = {}
         for r in self.summary.itertuples(index=False):
+            if r.metric.startswith("error_at_"):
+                continue
             values = self.frame[(self.frame.model == r.model) & (self.frame.metric == r.metric)]
             summary.setdefault(r.model, {})[r.metric] = {
                 "n": int(r.n), "mean": _round(r.mean), "std": _round(r.sd), "ci95_low": _round(r.ci_low),

@@ -37,6 +37,9 @@ import pandas as pd
 import yaml
 
 from tests.pipeline import (
+    CI_EXPECTED,
+    CI_RUNS,
+    FULL_EXPECTED,
     ISA_ENV,
     ROOT,
     ci_repro,
@@ -51,9 +54,6 @@ from tests.pipeline import (
     write_expected,
 )
 
-CI_OUT = ROOT / "tests" / "expected" / "ci_metrics.yaml"
-RUNS_OUT = ROOT / "tests" / "expected" / "ci_runs.csv"
-FULL_OUT = ROOT / "tests" / "expected" / "full_metrics.yaml"
 REFERENCE = (0, "native")  # the run the test reproduces: default seeds, whatever the CPU has
 
 # k·sd with k = 4: for n ≤ 9 runs no run can lie more than sqrt(2(n-1)) ≤ 4 sample sds from another, so the
@@ -477,7 +477,7 @@ def write_full(ci_stats: pd.DataFrame, ci_params: dict, command: str, full_runs:
         stats = full_isa_devs(stats, full_runs)
     doc = {"command": command, "results": label, "k": K, "floor_points": FULL_FLOOR_POINTS, "drop_points": DROP_POINTS,
            "full_runs": [{k: r.get(k) for k in ("isa", "capability", "seconds", "continued")} for r in full_runs], "metrics": full_doc(stats)}
-    write_expected(FULL_OUT, doc, full_header(stats, command, label, K, FULL_FLOOR_POINTS, DROP_POINTS, full_runs))
+    write_expected(FULL_EXPECTED, doc, full_header(stats, command, label, K, FULL_FLOOR_POINTS, DROP_POINTS, full_runs))
     return stats
 
 
@@ -509,8 +509,8 @@ def main(argv: list[str] | None = None) -> None:
     cache.mkdir(exist_ok=True)
     ci_params = compose_ci(snapshot, args.workdir)
     if args.full_only:
-        command = yaml.safe_load(CI_OUT.read_text())["command"]
-        stats = spread(pd.read_csv(RUNS_OUT))
+        command = yaml.safe_load(CI_EXPECTED.read_text())["command"]
+        stats = spread(pd.read_csv(CI_RUNS))
     else:
         command = (".venv/bin/python -m tests.calibrate --seeds " + " ".join(map(str, args.seeds)) + " --isa " + " ".join(args.isa)
                    + (f" --commit {args.commit}" if args.commit else ""))
@@ -521,12 +521,12 @@ def main(argv: list[str] | None = None) -> None:
         with ThreadPoolExecutor(args.jobs) as pool:
             records = list(pool.map(lambda r: run_one(snapshot, cache, r[0], r[1], keys, args.keep), todo))
         df = rows(records)
-        df.to_csv(RUNS_OUT, index=False)
+        df.to_csv(CI_RUNS, index=False)
         stats = spread(df)
         runs = pd.DataFrame([{k: r[k] for k in ("seed", "isa", "capability", "seconds")} for r in records])
         doc = {"command": command, "code": code, "k": K, "floor_points": FLOOR_POINTS, "drop_points": DROP_POINTS,
                "runs": runs.to_dict("records"), "metrics": expected_doc(stats)}
-        write_expected(CI_OUT, doc, ci_header(stats, runs, command, code, K, FLOOR_POINTS, DROP_POINTS))
+        write_expected(CI_EXPECTED, doc, ci_header(stats, runs, command, code, K, FLOOR_POINTS, DROP_POINTS))
         print(stats.drop(columns=["check"]).round(3).to_string())
     # full runs asked for, and any this code already has in the cache
     isas = list(dict.fromkeys([*args.full_isa, *(f.stem.removeprefix("full-") for f in sorted(cache.glob("full-*.json")))]))
@@ -535,7 +535,7 @@ def main(argv: list[str] | None = None) -> None:
     full = write_full(stats, ci_params, command + (f" --full-isa {' '.join(isas)}" if isas else ""), full_runs,
                       full_results(args.commit, args.workdir), f"commit {args.commit}" if args.commit else "the working tree")
     print(full.drop(columns=["check"]).round(3).to_string())
-    print(f"calibrate: wrote {'' if args.full_only else f'{CI_OUT}, {RUNS_OUT} and '}{FULL_OUT} in "
+    print(f"calibrate: wrote {'' if args.full_only else f'{CI_EXPECTED}, {CI_RUNS} and '}{FULL_EXPECTED} in "
           f"{(time.perf_counter() - t0) / 60:.1f} min (code {code})")
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+EXPECTED = ROOT / "tests" / "expected"  # written by tests.calibrate, read by tests/test_pipeline.py
+CI_EXPECTED, CI_RUNS, FULL_EXPECTED = EXPECTED / "ci_metrics.yaml", EXPECTED / "ci_runs.csv", EXPECTED / "full_metrics.yaml"
 ACCURACY_KEYS = ("top1", "top5")
 ID_FIELDS = ("perturbation", "model", "method", "class", "name", "fraction", "repeat", "phase", "layer", "width")
 

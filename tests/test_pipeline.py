@@ -20,6 +20,8 @@ import pytest
 import yaml
 
 from pipeline import (
+    CI_EXPECTED,
+    FULL_EXPECTED,
     ROOT,
     ci_repro,
     code_id,
@@ -32,9 +34,6 @@ from pipeline import (
     points_per_unit,
     run,
 )
-
-CI_EXPECTED = ROOT / "tests" / "expected" / "ci_metrics.yaml"
-FULL_EXPECTED = ROOT / "tests" / "expected" / "full_metrics.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,25 @@ ROOT = Path(__file__).resolve().parent.parent
 
 torch.set_num_threads(1)
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def rebind_dvc_log_streams() -> None:
+    """Point DVC's console log handlers at the current ``sys.stdout``/``sys.stderr``.
+
+    ``import dvc`` installs them once per process, on the streams of that moment: when the first import happens
+    inside a test that captures output, they keep that test's capture, which pytest closes afterwards, and the next
+    test of the same worker that makes DVC log (``Repo.init``) fails with "I/O operation on closed file"."""
+    if "dvc" not in sys.modules:
+        return
+    for handler in logging.getLogger("dvc").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            # assigned, not setStream(): that flushes the old stream, which may be the closed one
+            handler.stream = sys.stderr if handler.level >= logging.WARNING else sys.stdout
+
+
+@pytest.fixture(autouse=True)
+def _dvc_logs_to_this_tests_streams():
+    rebind_dvc_log_streams()
 
 
 @pytest.fixture

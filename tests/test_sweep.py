@@ -123,6 +123,27 @@ def _as_dvc_sees_it(stages: dict) -> dict:
                    "outs": sorted(outs(s, "outs") + outs(s, "metrics") + outs(s, "plots"))} for name, s in stages.items()}
 
 
+def test_dvc_logs_after_its_handlers_kept_a_closed_capture(tmp_path):
+    """What once failed CI: DVC first imported under an earlier test's output capture keeps that closed stream;
+    the autouse fixture's rebinding lets the next DVC call log (``Repo.init`` logs "Initialized DVC repository.")."""
+    import io
+    import logging
+
+    from dvc.repo import Repo
+
+    from conftest import rebind_dvc_log_streams
+
+    closed = io.StringIO()
+    closed.close()
+    handlers = [h for h in logging.getLogger("dvc").handlers if isinstance(h, logging.StreamHandler)]
+    assert handlers, "import dvc no longer installs console handlers; the rebinding fixture is obsolete"
+    for handler in handlers:
+        handler.stream = closed
+    rebind_dvc_log_streams()
+    Repo.init(str(tmp_path), no_scm=True)
+    assert (tmp_path / ".dvc").is_dir()
+
+
 def test_resolver_gives_dvcs_own_stages(tmp_path):
     """Every stage of the project's dvc.yaml for two datasets, against DVC's resolution of the same files."""
     from dvc.repo import Repo

@@ -131,24 +131,47 @@ def run_one(snapshot: Path, cache: Path, seed: int, isa: str, keys: list[str], k
     return record
 
 
-def run_full(snapshot: Path, cache: Path, isa: str, keep: bool) -> dict:
+def seed_targets(repo: Path, seeds: list[int]) -> list[str]:
+    """The stages of ``repo``'s DAG that need no training seed outside ``seeds``: the per-seed stages of those
+    seeds and every other stage whose inputs, transitively, come from none of the left-out ones (e.g. visualize,
+    on the primary seed; not the seeds stage or Table I, which read every seed)."""
+    from stages.sweep import _paths, outputs, resolve_stages
+
+    stages = resolve_stages(repo / "dvc.yaml", repo)
+    keys = {str(s) for s in seeds}
+    excluded = {name for name in stages if (m := re.search(r"-(\d+)$", name)) and m.group(1) not in keys}
+
+    def within(a: str, b: str) -> bool:  # one path is the other or inside it (a dep may be a directory of outs)
+        return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+    for name, st in stages.items():  # dvc.yaml order is upstream first
+        deps = [d.rstrip("/") for d in _paths(st.get("deps", []))]
+        if any(within(d, out) for other in list(excluded) for out in outputs(stages[other]) for d in deps):
+            excluded.add(name)
+    return [name for name in stages if name not in excluded]
+
+
+def run_full(snapshot: Path, cache: Path, isa: str, keep: bool, seeds: list[int] | None = None) -> dict:
     """One full `dvc repro` (the committed params, as `make repro`) under ``isa`` (cached): {isa, capability,
-    seconds, metrics: {file: json}}."""
+    seconds, targets, metrics: {file: json}}. ``seeds``: only the stages of those training seeds (``seed_targets``;
+    the record names them), for a machine on which the whole DAG takes too long."""
     done = cache / f"full-{isa}.json"
     if done.exists():
         return json.loads(done.read_text())
     unfinished = sorted(cache.glob(f"full-{isa}-*/dvc.lock"))  # a killed run: `dvc repro` continues it
     repo = unfinished[0].parent if unfinished else copy_repo(Path(tempfile.mkdtemp(prefix=f"full-{isa}-", dir=cache)), snapshot)
-    print(f"  full run {isa} in {repo}{' (continued)' if unfinished else ''}", flush=True)
+    targets = seed_targets(repo, seeds) if seeds is not None else []
+    print(f"  full run {isa} in {repo}{' (continued)' if unfinished else ''}"
+          + (f", seeds {seeds}: {len(targets)} stages" if seeds is not None else ""), flush=True)
     t0 = time.perf_counter()
-    out = run(["dvc", "repro"], repo, timeout=6 * 3600, isa=isa)
+    out = run(["dvc", "repro", *targets], repo, timeout=6 * 3600, isa=isa)
     seconds = time.perf_counter() - t0
     if out.returncode != 0:
         raise RuntimeError(f"full run {isa} failed in {repo}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     metrics = {str(f.relative_to(repo)): json.loads(f.read_text())
                for f in sorted((repo / "reports" / "metrics").rglob("*.json"))}
     record = {"isa": isa, "capability": cpu_capability(isa), "seconds": round(seconds, 1), "continued": bool(unfinished),
-              "metrics": metrics}
+              "targets": targets or "all", "metrics": metrics}
     done.write_text(json.dumps(record))
     if not keep:
         shutil.rmtree(repo, ignore_errors=True)
@@ -425,8 +448,9 @@ def full_header(stats: pd.DataFrame, command: str, label: str, k: float, floor: 
     ]
     for r in full_runs:
         took = f"{r['seconds'] / 60:.0f} min" + (" for its last part, continued after an interruption" if r.get("continued") else "")
-        lines.append(f"Measured: one full `dvc repro` of this code under {r['isa']} ({r['capability']} kernels, {took})"
-                     " against the recorded (native) values:")
+        part = "" if r.get("targets", "all") == "all" else f" of {len(r['targets'])} stages ({', '.join(r['targets'])})"
+        lines.append(f"Measured: one full `dvc repro`{part} of this code under {r['isa']} ({r['capability']} kernels, "
+                     f"{took}) against the recorded (native) values:")
     if full_runs:
         measured = stats[stats.isa_dev.notna()]
         changed = measured[measured.isa_dev != 0]
@@ -476,7 +500,7 @@ def write_full(ci_stats: pd.DataFrame, ci_params: dict, command: str, full_runs:
     if full_runs:
         stats = full_isa_devs(stats, full_runs)
     doc = {"command": command, "results": label, "k": K, "floor_points": FULL_FLOOR_POINTS, "drop_points": DROP_POINTS,
-           "full_runs": [{k: r.get(k) for k in ("isa", "capability", "seconds", "continued")} for r in full_runs], "metrics": full_doc(stats)}
+           "full_runs": [{k: r.get(k) for k in ("isa", "capability", "seconds", "continued", "targets")} for r in full_runs], "metrics": full_doc(stats)}
     write_expected(FULL_EXPECTED, doc, full_header(stats, command, label, K, FULL_FLOOR_POINTS, DROP_POINTS, full_runs))
     return stats
 
@@ -494,6 +518,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="also run the full DAG under these ISAs (tens of minutes each; cached runs of this code are "
                              "always used) and record how far each result moved from the committed one, which must be "
                              "this code's native results")
+    parser.add_argument("--full-seeds", type=int, nargs="+",
+                        help="run only the stages of these training seeds in the --full-isa runs (default: every stage)")
     parser.add_argument("--full-only", action="store_true", help="only rewrite full_metrics.yaml, from ci_runs.csv")
     args = parser.parse_args(argv)
     if REFERENCE[0] not in args.seeds or REFERENCE[1] not in args.isa:
@@ -530,9 +556,10 @@ def main(argv: list[str] | None = None) -> None:
         print(stats.drop(columns=["check"]).round(3).to_string())
     # full runs asked for, and any this code already has in the cache
     isas = list(dict.fromkeys([*args.full_isa, *(f.stem.removeprefix("full-") for f in sorted(cache.glob("full-*.json")))]))
-    full_runs = [run_full(snapshot, cache, isa, args.keep) for isa in isas]
+    full_runs = [run_full(snapshot, cache, isa, args.keep, args.full_seeds) for isa in isas]
     shutil.rmtree(snapshot, ignore_errors=True)
-    full = write_full(stats, ci_params, command + (f" --full-isa {' '.join(isas)}" if isas else ""), full_runs,
+    full = write_full(stats, ci_params, command + (f" --full-isa {' '.join(isas)}" if isas else "")
+                      + (f" --full-seeds {' '.join(map(str, args.full_seeds))}" if isas and args.full_seeds else ""), full_runs,
                       full_results(args.commit, args.workdir), f"commit {args.commit}" if args.commit else "the working tree")
     print(full.drop(columns=["check"]).round(3).to_string())
     print(f"calibrate: wrote {'' if args.full_only else f'{CI_EXPECTED}, {CI_RUNS} and '}{FULL_EXPECTED} in "

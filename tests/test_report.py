@@ -276,7 +276,7 @@ def test_readme_sync_check_and_missing_markers(tmp_path, capsys):
     args = ["--results", str(tmp_path / "reports/RESULTS.md"), "--readme", str(tmp_path / "README.md")]
     assert sync_readme([*args, "--check"]) == 0
     (tmp_path / "README.md").write_text("# Project\n<!-- results:start -->\nstale\n<!-- results:end -->\n")
-    assert sync_readme([*args, "--check"]) == 1 and "differs" in capsys.readouterr().err
+    assert sync_readme([*args, "--check"]) == 1 and "differ" in capsys.readouterr().err
     (tmp_path / "README.md").write_text("# no markers\n")
     assert sync_readme(args) == 2 and "markers" in capsys.readouterr().err
 

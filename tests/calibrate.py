@@ -27,6 +27,7 @@ import json
 import math
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -233,7 +234,8 @@ def _r(x) -> float | None:
 
 
 def _name(file: str, key: str) -> str:
-    return f"{Path(file).stem}:{key}"
+    seed = re.search(r"/seeds/(\d+)/", file)
+    return f"{Path(file).stem}{f' (seed {seed.group(1)})' if seed else ''}:{key}"
 
 
 HEADLINE = (  # the results a reader quotes; the summary lists them whatever their status
@@ -353,14 +355,29 @@ def family(key: str) -> str:
     return re.sub(r"(fraction|repeat|class|perturbation)=[^,\]]+", r"\1=*", key)
 
 
+def seed_spread(full: dict) -> dict[tuple[str, str], tuple[float, int]]:
+    """(sample sd, n) over the full run's training seeds of every per-seed metric (a file under
+    ``…/seeds/<seed>/``, the same key in each seed's file), keyed by (file, key) of every seed's file."""
+    groups: dict = {}
+    for file, leaves in full.items():
+        if m := re.search(r"/seeds/\d+/", file):
+            for key, value in leaves.items():
+                groups.setdefault((file[:m.start()] + "/seeds/*/" + file[m.end():], key), []).append((file, value))
+    return {(file, key): (statistics.stdev(v for _, v in entries), len(entries))
+            for (_, key), entries in groups.items() if len(entries) > 1 for file, _ in entries}
+
+
 def full_tolerances(ci: pd.DataFrame, ci_params: dict, full: dict, full_params: dict, test_images: int, classes: int,
                     k: float = K, floor: float = FULL_FLOOR_POINTS, drop: float = DROP_POINTS) -> pd.DataFrame:
     """Per committed full-run metric: sd = r * SE, SE the binomial standard error of the full run's value on its
     images, r the largest, over the metric's family (``family``), of a ci metric's measured sd over its own SE
     (sd_ci / SE(mean_ci, n_ci): how much wider than sampling noise the seed/ISA spread is; the file's largest
     when the family has no ci metric), and never below sqrt(2) (the sd of the difference of two equally accurate
-    models with independent errors on the same images, in SE). tolerance = max(floor, k*sd). A metric that is
-    not a proportion (relative errors) keeps its ci tolerance."""
+    models with independent errors on the same images, in SE). A per-seed metric takes the larger of that and its
+    measured sd over the full run's seeds (``seed_spread``: another CPU's run of a seed diverges from it as another
+    seed does). tolerance = max(floor, k*sd). A metric that is not a proportion (relative errors) keeps its ci
+    tolerance, widened to k times its seed sd where that is larger."""
+    seeds = seed_spread(full)
     ci_means: dict = {}
     for (file, key), s in ci.iterrows():
         ci_means.setdefault(file, {})[key] = s["mean"]
@@ -378,14 +395,23 @@ def full_tolerances(ci: pd.DataFrame, ci_params: dict, full: dict, full_params: 
                 same = ci.tolerance.get((file, key))
                 row.update(basis="ci tolerance (not a proportion)" if same is not None else "floor (no ci metric)",
                            tolerance=same if same is not None else floor / points_per_unit(key))
+                if (file, key) in seeds and k * seeds[(file, key)][0] > row["tolerance"]:
+                    row.update(basis=f"k * sd over {seeds[(file, key)][1]} seeds", tolerance=k * seeds[(file, key)][0])
             else:
                 se = metric_se(key, leaves, n_full)
                 fam = [v for (f, kk), v in ratio.items() if f == file and family(kk) == family(key)]
                 same_file = [v for (f, _), v in ratio.items() if f == file]
                 pool, basis = (fam, "family") if fam else (same_file, "file") if same_file else ([], "none")
                 r, n_ci, source = max(pool) if pool else (math.sqrt(2), None, None)
+                sd = max(math.sqrt(2), r) * se
                 row.update(n_images=n_full, se=se, ci_ratio=r, ci_images=n_ci, basis=f"r of {source}" if source else
-                           "no ci metric: r = sqrt(2)", tolerance=max(floor, k * max(math.sqrt(2), r) * se))
+                           "no ci metric: r = sqrt(2)")
+                if (file, key) in seeds and seeds[(file, key)][0] > sd:
+                    sd = seeds[(file, key)][0]
+                    row["basis"] = f"sd over {seeds[(file, key)][1]} seeds"
+                row["tolerance"] = max(floor, k * sd)
+            if (file, key) in seeds:
+                row.update(seed_sd=seeds[(file, key)][0], seeds=seeds[(file, key)][1])
             row["guard"] = row["tolerance"] < drop / points_per_unit(key)
             out.append(row)
     return pd.DataFrame(out).set_index(["file", "key"])
@@ -396,9 +422,9 @@ def full_doc(stats: pd.DataFrame) -> dict:
     for (file, key), s in stats.iterrows():
         entry = {"expected": float(s.expected), "tolerance": _r(s.tolerance), "check": s.check, "guard": bool(s.guard),
                  "basis": s.basis}
-        for col in ("n_images", "se", "ci_ratio", "ci_images", "isa_dev"):
+        for col in ("n_images", "se", "ci_ratio", "ci_images", "seed_sd", "seeds", "isa_dev"):
             if col in s and not pd.isna(s[col]):
-                entry[col] = int(s[col]) if col.endswith("images") else _r(s[col])
+                entry[col] = int(s[col]) if col.endswith("images") or col == "seeds" else _r(s[col])
         metrics.setdefault(file, {})[key] = entry
     return metrics
 
@@ -430,21 +456,25 @@ def full_header(stats: pd.DataFrame, command: str, label: str, k: float, floor: 
         "Do not edit: rerun the command after an intended change of results (after a new full run only:",
         "`.venv/bin/python -m tests.calibrate --full-only`, which runs nothing and reads tests/expected/ci_runs.csv).",
         "",
-        "There is one seed of the full run, so its spread on another CPU is derived from the ci measurement",
-        "(tests/expected/ci_metrics.yaml). For a proportion, sd = r * SE: SE = the binomial standard error of the",
-        "committed value on the images it is measured on (n_images: 10,000 test images, 2,000 per sweep point,",
+        "Another CPU's full run is not measured by the test, so its spread is derived: from the ci measurement",
+        "(tests/expected/ci_metrics.yaml) and, for a per-seed metric, from the full run's own training seeds.",
+        "For a proportion, sd = r * SE: SE = the binomial standard error of the committed value on the images it",
+        "is measured on (n_images: 10,000 test images, 2,000 per sweep point,",
         "1,000 per class; a delta_top1 gets sqrt(2) SE of its row's top1), r = the largest, over the metric's family",
         "(its key with fraction, repeat, class and perturbation wildcarded; else its file), of the ci metrics' sd over",
         "their own SE (ci_ratio, on ci_images: how much wider than sampling noise the ci seed/ISA spread was), and",
         "never below sqrt(2): the sd, in SE, of the difference of two equally accurate models with independent",
         "errors on the same images, which is what another CPU's run is (the same data, a different trajectory).",
-        "A relative error (not a proportion) keeps its ci tolerance.",
+        "A per-seed metric's sd is the larger of that and its sample sd over the full run's seeds (seed_sd, over",
+        "`seeds` seeds: another CPU's run of a seed diverges from it as another seed does).",
+        "A relative error (not a proportion) keeps its ci tolerance, or k * seed_sd where that is larger.",
         f"tolerance = max(floor, k*sd), k = {k:g} as for ci, floor = {floor:g} point.",
         f"check: as ci (higher: may not fall; lower: may not rise). guard: tolerance < {drop:g} points.",
         "",
         f"{len(props)} proportions: r from {props.ci_ratio.min():.2f} to {props.ci_ratio.max():.2f} (median {props.ci_ratio.median():.2f}),"
         f" tolerance from {props.tolerance.min():.2f} to {props.tolerance.max():.2f} points (median {props.tolerance.median():.2f});",
-        f"{len(guards)} of {len(stats)} metrics are guards.",
+        f"{len(guards)} of {len(stats)} metrics are guards"
+        + (f"; the seed sd sets the tolerance of {int(stats.basis.str.contains('seeds').sum())}." if "basis" in stats else "."),
     ]
     for r in full_runs:
         took = f"{r['seconds'] / 60:.0f} min" + (" for its last part, continued after an interruption" if r.get("continued") else "")
@@ -463,6 +493,7 @@ def full_header(stats: pd.DataFrame, command: str, label: str, k: float, floor: 
     lines += ["", "Headline metrics (n_images, SE, r, tolerance, guard" + (", isa_dev: worse by, in the full ISA run" if full_runs else "") + "):"]
     for (file, key), s in headline(stats).iterrows():
         lines.append(f"  {_name(file, key)}: n_images={s.n_images:.0f} SE={s.se:.2f} r={s.ci_ratio:.2f} ({s.basis})"
+                     f"{f' seed_sd={s.seed_sd:.2f}' if 'seed_sd' in s and not pd.isna(s.seed_sd) else ''}"
                      f" tolerance={s.tolerance:.2f} guard={bool(s.guard)}" + (f" isa_dev={s.isa_dev:+.2f}" if full_runs else ""))
     return "\n".join(lines)
 

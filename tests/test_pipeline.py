@@ -428,3 +428,43 @@ def test_calibration_names_per_seed_files_by_the_seeds_position():
     assert by_position("reports/metrics/fashion_mnist/seeds.json", [2, 3]) == "reports/metrics/fashion_mnist/seeds.json"
     with pytest.raises(ValueError):
         by_position("reports/metrics/fashion_mnist/seeds/7/baseline.json", [2, 3])  # not a seed of the run
+
+
+def test_full_tolerance_of_a_per_seed_metric_covers_its_spread_over_the_seeds():
+    """A per-seed metric whose full-run seeds differ by more than its derived sd gets k × their sd; the same
+    metric of a non-seeded file, and a steady one, keep the derived tolerance (max(floor, k·√2·SE))."""
+    import pandas as pd
+
+    from tests.calibrate import K, full_tolerances, seed_spread
+
+    m = "reports/metrics/d/seeds/{}/prune.json"
+    full = {m.format(s): {"sweep.error_at_0.8": e, "pruned.error_masked": 8.0 + s / 100} for s, e in ((0, 30.0), (1, 60.0), (2, 45.0))}
+    full["reports/metrics/d/perturbation.json"] = {"rows[perturbation=clean,model=baseline].top1": 92.0}
+    spread = seed_spread(full)
+    assert spread[(m.format(1), "sweep.error_at_0.8")] == pytest.approx((15.0, 3))
+    assert ("reports/metrics/d/perturbation.json", "rows[perturbation=clean,model=baseline].top1") not in spread
+    ci = pd.DataFrame(columns=["mean", "sd", "tolerance"], index=pd.MultiIndex.from_tuples([], names=["file", "key"]))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())  # the committed run's
+    stats = full_tolerances(ci, {}, full, params, 10_000, 10)
+    wide = stats.loc[(m.format(0), "sweep.error_at_0.8")]
+    assert wide.tolerance == pytest.approx(K * 15.0) and not wide.guard and "seeds" in wide.basis
+    steady = stats.loc[(m.format(0), "pruned.error_masked")]
+    assert steady.tolerance == pytest.approx(max(0.5, K * 2 ** 0.5 * steady.se)) and steady.guard
+
+
+def test_partial_full_run_takes_one_seeds_stages_and_what_needs_no_other_seed(tmp_path):
+    """`tests.calibrate --full-seeds 0`: seed 0's stages and the primary-seed stages; not the stages that read
+    every seed (the seeds stage, Table I, the report) nor another seed's."""
+    from stages.compose import compose
+    import shutil
+
+    from stages.sweep import DVC_YAML, resolve_stages
+    from tests.calibrate import seed_targets
+
+    compose([], tmp_path / "params.yaml")
+    shutil.copy(DVC_YAML, tmp_path / "dvc.yaml")
+    targets = seed_targets(tmp_path, [0])
+    assert {"train-baseline@fashion_mnist-0", "retrain@fashion_mnist-0", "visualize@fashion_mnist",
+            "perturbation-eval@fashion_mnist"} <= set(targets)
+    assert not [t for t in targets if t.endswith(("-1", "-2")) or t.split("@")[0] in ("seeds", "table1", "report")]
+    assert seed_targets(tmp_path, [0, 1, 2]) == list(resolve_stages(tmp_path / "dvc.yaml", tmp_path))  # every seed: all

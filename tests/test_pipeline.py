@@ -455,9 +455,9 @@ def test_full_tolerance_of_a_per_seed_metric_covers_its_spread_over_the_seeds():
 def test_partial_full_run_takes_one_seeds_stages_and_what_needs_no_other_seed(tmp_path):
     """`tests.calibrate --full-seeds 0`: seed 0's stages and the primary-seed stages; not the stages that read
     every seed (the seeds stage, Table I, the report) nor another seed's."""
-    from stages.compose import compose
     import shutil
 
+    from stages.compose import compose
     from stages.sweep import DVC_YAML, resolve_stages
     from tests.calibrate import seed_targets
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -172,16 +173,32 @@ def test_committed_full_run_metrics_did_not_drop():
     assert not problems, "committed results got worse:\n" + "\n".join(problems)
 
 
+# Measured by `tests.calibrate --full-isa avx2 --full-seeds 0`: one-shot pruning at a fixed fraction under a global
+# threshold removes another filter set when importances near the threshold move by float rounding (seed 0 under
+# AVX2: 14 conv1 filters instead of 12, error 9.32 -> 13.75 %), so the pruned model, its perturbation rows and
+# single sweep points can move past a tolerance derived from sampling noise and the seed spread. No other metric may.
+UNSTABLE_ACROSS_ISA = (r"prune\.json:pruned\.", r"perturbation\.json:rows\[.*model=pruned\]", r"prune\.json:sweep\.")
+
+
 def test_full_tolerances_cover_the_measured_full_run_on_another_isa():
-    """Where the calibration ran the full DAG under an emulated ISA (``full_runs``), every metric moved for the
-    worse by less than its derived tolerance: the derivation is checked against a measurement."""
+    """Where the calibration ran the full DAG under an emulated ISA (``full_runs``): every metric it moved for the
+    worse beyond its derived tolerance is one of the pruning metrics known to be unstable across ISAs, and the
+    expected file widened it (that run counted as a sample of the spread) past what the run measured, as no guard;
+    every other metric moved by less than its derived tolerance: the derivation checked against a measurement."""
+    import re
+
     expected = load_expected(FULL_EXPECTED)
     if not expected.get("full_runs"):
         pytest.skip("no full run under another ISA recorded (tests.calibrate --full-isa)")
     measured = [(f, k, s) for f, leaves in expected["metrics"].items() for k, s in leaves.items() if "isa_dev" in s]
-    assert measured
-    outside = [f"{f}:{k} worse by {s['isa_dev']} > {s['tolerance']}" for f, k, s in measured if s["isa_dev"] > s["tolerance"]]
-    assert not outside, outside
+    assert len(measured) > 100
+    beyond = [(f"{Path(f).name}:{k}", s) for f, k, s in measured if s["isa_dev"] > s.get("derived_tolerance", s["tolerance"])]
+    unexplained = [name for name, _ in beyond if not any(re.search(p, name) for p in UNSTABLE_ACROSS_ISA)]
+    assert not unexplained, f"moved beyond the derived tolerance on another ISA: {unexplained}"
+    assert all(s["isa_dev"] <= s["tolerance"] and not s["guard"] for _, s in beyond), beyond
+    kept = [(f"{Path(f).name}:{k}", s) for f, k, s in measured if (Path(f).name, k) in
+            {("baseline.json", "test.top1"), ("adjusted.json", "test.top1"), ("adjusted.json", "control.top1"), ("encdec.json", "test.top1")}]
+    assert kept and all(s["guard"] and s["isa_dev"] <= s["tolerance"] for _, s in kept), kept  # the headline accuracies stay guards
 
 
 def test_full_check_catches_a_3_point_drop():

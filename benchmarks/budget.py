@@ -42,6 +42,8 @@ def trainings(metrics: Path, runs: Path) -> pd.DataFrame:
     rows = []
     for d in sorted((metrics / "seeds").iterdir()):
         seed, rd = int(d.name), runs / "seeds" / d.name
+        if not all((where / f).is_file() for where in (d, rd) for f in ("baseline.json", "adjusted.json")):
+            continue  # a seed whose trainings did not both finish (a partial or interrupted run)
         base, base_run = json.loads((d / "baseline.json").read_text()), json.loads((rd / "baseline.json").read_text())
         adj, adj_run = json.loads((d / "adjusted.json").read_text()), json.loads((rd / "adjusted.json").read_text())
         rows.append({"model": "baseline", "seed": seed, "widths": tuple(adj["widths"]["before"]),

@@ -5,10 +5,10 @@
 
 README.md is hand-written around two generated blocks: the results block (between ``<!-- results:start -->``
 and ``<!-- results:end -->``), copied from RESULTS.md, and, where it has their markers, the headlines (between
-``<!-- headlines:start -->`` and ``<!-- headlines:end -->``), generated from the metrics of the datasets and primary seed of params.yaml
-(``cnnvis.headlines``: measured means with their spread and the tests' own verdicts). Owning README as a DVC
-output would make every prose edit look like a changed result, so the `report` stage writes RESULTS.md only and
-this command fills the blocks. ``--check`` exits 1 when either block is out of date.
+``<!-- headlines:start -->`` and ``<!-- headlines:end -->``), generated from the metrics of params.yaml's
+datasets and primary seed (``cnnvis.headlines``: measured means with their spread and the tests' own verdicts).
+Owning README as a DVC output would make every prose edit look like a changed result, so the `report` stage
+writes RESULTS.md only and this command fills the blocks. ``--check`` exits 1 when either block is out of date.
 """
 
 from __future__ import annotations

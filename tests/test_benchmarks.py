@@ -74,6 +74,7 @@ def test_budget_reads_a_runs_records_and_prices_its_trainings(capsys, tmp_path):
         (metrics / "adjusted.json").write_text(json.dumps({
             "widths": {"before": [8, 16]}, "model": {"widths": [8, 24]}, "control_model": {"widths": [10, 20]}}))
     (tmp_path / "runs" / "ds" / "visualize.json").write_text(json.dumps({"stage_seconds": 5.0, "environment": env}))
+    (tmp_path / "metrics" / "ds" / "seeds" / "2").mkdir()  # a seed an interrupted run left without its trainings
     budget.main(["--reports", str(tmp_path), "--dataset", "ds", "--matmul-size", "64", "--budget-min", "1"])
     out = capsys.readouterr().out
     assert "ds: 5 stage runs, 2 seeds, on test CPU (AVX2)" in out

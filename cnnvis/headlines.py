@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from cnnvis.report import _seeds
 from cnnvis.stats import tally
 
 HEADLINES_START = "<!-- headlines:start -->"
@@ -21,18 +22,14 @@ HEADLINES_END = "<!-- headlines:end -->"
 RANKINGS = {"pruned (importance)": "gradient importance", "pruned (l1_norm)": "L1 norm", "pruned (random)": "random"}
 
 
-def _seeds(seeds: list[int]) -> str:
-    return f"seed{'s' * (len(seeds) != 1)} {', '.join(map(str, seeds))}"
-
-
-def _spread(entry: Mapping[str, Any] | None, unit: str = " %") -> str | None:
-    """``mean ± sd unit (95 % CI [lo, hi]; seeds …: v, …)``; a lone seed without spread or interval."""
+def _spread(entry: Mapping[str, Any] | None) -> str | None:
+    """``mean ± sd % (95 % CI [lo, hi]; seeds …: v, …)``; a lone seed without spread or interval."""
     if not entry:
         return None
     per_seed = f"{_seeds(entry['seeds'])}: {', '.join(f'{v:.2f}' for v in entry['values'])}"
     if entry["n"] < 2 or entry.get("std") is None:
-        return f"{entry['mean']:.2f}{unit} (one seed, {per_seed})"
-    return (f"{entry['mean']:.2f} ± {entry['std']:.2f}{unit} (95 % CI [{entry['ci95_low']:.2f}, {entry['ci95_high']:.2f}]; "
+        return f"{entry['mean']:.2f} % (one seed, {per_seed})"
+    return (f"{entry['mean']:.2f} ± {entry['std']:.2f} % (95 % CI [{entry['ci95_low']:.2f}, {entry['ci95_high']:.2f}]; "
             f"{per_seed})")
 
 
@@ -100,9 +97,9 @@ def headlines(metrics: Mapping[str, Mapping[str, Any]], primary_seed: int) -> li
     return out
 
 
-def between(text: str, start: str = HEADLINES_START, end: str = HEADLINES_END) -> tuple[int, int] | None:
-    """The span of ``text`` strictly between the ``start`` and ``end`` markers, or None without both."""
-    m = re.search(re.escape(start) + r"(.*?)" + re.escape(end), text, flags=re.S)
+def between(text: str) -> tuple[int, int] | None:
+    """The span of ``text`` strictly between the headlines markers, or None without both."""
+    m = re.search(re.escape(HEADLINES_START) + r"(.*?)" + re.escape(HEADLINES_END), text, flags=re.S)
     return None if m is None else m.span(1)
 
 

@@ -355,6 +355,9 @@ def family(key: str) -> str:
     return re.sub(r"(fraction|repeat|class|perturbation)=[^,\]]+", r"\1=*", key)
 
 
+SEED_BASIS = r"over \d+ seeds$"  # the basis of a tolerance the full run's seed spread set
+
+
 def _seed_pattern(file: str) -> str:
     """``file`` with its ``/seeds/<seed>/`` part wildcarded: the same metric of every training seed."""
     return re.sub(r"/seeds/\d+/", "/seeds/*/", file)
@@ -367,9 +370,8 @@ def seed_spread(full: dict, others: list[dict] = ()) -> dict[tuple[str, str], tu
     groups: dict = {}
     for runs in [full, *others]:
         for file, leaves in runs.items():
-            if runs is full or others:
-                for key, value in leaves.items():
-                    groups.setdefault((_seed_pattern(file), key), []).append(value)
+            for key, value in leaves.items():
+                groups.setdefault((_seed_pattern(file), key), []).append(value)
     return {(file, key): (statistics.stdev(groups[(_seed_pattern(file), key)]), len(groups[(_seed_pattern(file), key)]))
             for file, leaves in full.items() for key in leaves if len(groups[(_seed_pattern(file), key)]) > 1}
 
@@ -499,7 +501,7 @@ def full_header(stats: pd.DataFrame, command: str, label: str, k: float, floor: 
         f"{len(props)} proportions: r from {props.ci_ratio.min():.2f} to {props.ci_ratio.max():.2f} (median {props.ci_ratio.median():.2f}),"
         f" tolerance from {props.tolerance.min():.2f} to {props.tolerance.max():.2f} points (median {props.tolerance.median():.2f});",
         f"{len(guards)} of {len(stats)} metrics are guards"
-        + (f"; the seed sd sets the tolerance of {int(stats.basis.str.contains('seeds').sum())}." if "basis" in stats else "."),
+        + (f"; the seed sd sets the tolerance of {int(stats.basis.str.contains(SEED_BASIS).sum())}." if "basis" in stats else "."),
     ]
     for r in full_runs:
         took = f"{r['seconds'] / 60:.0f} min" + (" for its last part, continued after an interruption" if r.get("continued") else "")
